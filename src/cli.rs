@@ -1,0 +1,99 @@
+//! Commands and flags, parsed with clap, and the dispatch to the library.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::Error;
+use crate::experiment::{RunOptions, run};
+use crate::gradcheck::{self, GradientCheck};
+
+#[derive(Debug, Parser)]
+#[command(name = "ign", version, about = "Simulate intrinsic gradient networks as asynchronous actors")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train, encode and classify as a scenario file says.
+    Run {
+        /// The scenario, a TOML file (see docs/scenarios.md).
+        scenario: PathBuf,
+        /// Output directory [default: runs/<scenario file stem>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Seed of every random choice; overrides the scenario's `seed`.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Directory of the four MNIST-format IDX files, gzipped or raw;
+        /// overrides `data.dir`.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Training images used for learning; overrides `data.train_images`.
+        #[arg(long)]
+        train_images: Option<usize>,
+        /// Sets any scenario key, e.g. `--set train.learning_rate=4`
+        /// (repeatable; the value is TOML).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Hides the progress bars.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Compare equation 1 with finite differences of L on a random network.
+    CheckGradient {
+        /// Layer sizes, input first, e.g. 8,6,5.
+        #[arg(long, value_delimiter = ',', required = true)]
+        layers: Vec<usize>,
+        /// Seed of the random weights and input.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Sparsity weight of every layer.
+        #[arg(long, default_value_t = 0.02)]
+        alpha: f64,
+    },
+}
+
+/// Runs a parsed command line and returns the process exit code's error, if
+/// any.
+pub fn dispatch(cli: Cli, interrupted: Arc<AtomicBool>) -> Result<(), Error> {
+    match cli.command {
+        Command::Run { scenario, out, seed, data, train_images, mut overrides, no_progress } => {
+            if let Some(seed) = seed {
+                overrides.push(format!("seed={seed}"));
+            }
+            if let Some(dir) = data {
+                overrides.push(format!("data.dir={}", toml_string(&dir.display().to_string())));
+            }
+            if let Some(n) = train_images {
+                overrides.push(format!("data.train_images={n}"));
+            }
+            let options = RunOptions { scenario, out, overrides, progress: !no_progress };
+            let summary = run(&options, interrupted)?;
+            println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+            Ok(())
+        }
+        Command::CheckGradient { layers, seed, alpha } => {
+            let check = GradientCheck { sizes: layers, seed, alpha, ..GradientCheck::default() };
+            let report = gradcheck::run(&check)?;
+            println!("{report}");
+            if report.passed() {
+                Ok(())
+            } else {
+                Err(Error::Failed(format!(
+                    "max relative error {:.3e} is not below 1e-5",
+                    report.max_relative_error
+                )))
+            }
+        }
+    }
+}
+
+/// Quotes a string as a TOML basic string.
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}

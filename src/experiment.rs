@@ -1,0 +1,567 @@
+//! The main job: train a network with the layer actors on MNIST, encode
+//! training and test images at their fixed points, fit a linear readout on
+//! the codes and on raw pixels, and write the run's outputs.
+//!
+//! Outputs in the run directory: `scenario.resolved.toml`, `summary.json`,
+//! `training.csv` (one row per learning batch) and `projective_fields.png`.
+//! Every exit path writes `summary.json` with a `status`, so a failed or
+//! interrupted run still leaves what it measured.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::{Array2, Axis, concatenate, s};
+use serde::Serialize;
+use tracing::{debug, info, warn};
+
+use crate::data::{Dataset, default_cache_dir, load_splits};
+use crate::error::Error;
+use crate::model::{Network, random_network, row_norms};
+use crate::readout::{ReadoutConfig, SoftmaxReadout};
+use crate::relaxation::{Outcome, RelaxReport};
+use crate::report::write_projective_fields;
+use crate::runtime::{ActorNetwork, BatchOptions, RuntimeConfig};
+use crate::scenario::{EncodeSchedule, Scenario};
+use crate::solver::Solver;
+
+/// Tiles per row of the projective-field figure.
+const FIGURE_TILES: usize = 32;
+
+/// How a run ended, as written to `summary.json`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Completed,
+    Diverged,
+    TooManyCapped,
+    Interrupted,
+}
+
+/// Everything `summary.json` holds. Error fractions are in [0, 1].
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub status: Option<Status>,
+    pub ign_version: String,
+    pub seed: u64,
+    pub seconds: f64,
+    pub train_images: usize,
+    pub readout_images: usize,
+    pub test_images: usize,
+    pub test_error: Option<f64>,
+    pub test_error_pixels: Option<f64>,
+    pub relaxations: usize,
+    pub updates_mean: f64,
+    pub updates_max: usize,
+    /// Mean updates of each layer per relaxation, layer 1 first.
+    pub layer_updates_mean: Vec<f64>,
+    pub max_residual: f64,
+    pub max_constraint_violation: f64,
+    pub messages_total: u64,
+    pub relaxations_at_cap: usize,
+    /// Rows (images) whose relaxation ended above the tolerance; they were
+    /// still used for learning.
+    pub rows_above_tolerance: usize,
+    pub blank_images: usize,
+    /// Per layer, units active for none of the readout images' codes.
+    pub unused_units: Vec<usize>,
+    /// Per layer, columns reseeded from data during training.
+    pub reseeded_units: Vec<usize>,
+    /// Mean `½‖x_0 − W_1 x_1‖²` over the first and the last tenth of training.
+    pub reconstruction_first: Option<f64>,
+    pub reconstruction_last: Option<f64>,
+    pub encode_max_residual: f64,
+    pub encode_rows_above_tolerance: usize,
+    pub message: Option<String>,
+    /// The per-batch table written to `training.csv`.
+    #[serde(skip)]
+    pub training_csv: String,
+}
+
+/// Command-line settings of `ign run` besides the scenario's own keys.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub scenario: PathBuf,
+    pub out: Option<PathBuf>,
+    pub overrides: Vec<String>,
+    pub progress: bool,
+}
+
+/// Runs a scenario end to end and returns the summary written.
+pub fn run(options: &RunOptions, interrupted: Arc<AtomicBool>) -> Result<Summary, Error> {
+    let started = Instant::now();
+    let scenario = Scenario::load(&options.scenario, &options.overrides)?;
+    let out = output_dir(options);
+    std::fs::create_dir_all(&out).map_err(|source| Error::Output { path: out.clone(), source })?;
+    write_resolved(&out, &scenario)?;
+    info!(scenario = %options.scenario.display(), out = %out.display(), "run started");
+
+    let cache = if scenario.data.cache_dir.as_os_str().is_empty() {
+        default_cache_dir()
+    } else {
+        scenario.data.cache_dir.clone()
+    };
+    let splits = load_splits(&scenario.data.dir, &cache)?;
+    check_sizes(&scenario, &splits.train, &splits.test)?;
+    let mut summary = Summary {
+        scenario: options.scenario.display().to_string(),
+        ign_version: env!("CARGO_PKG_VERSION").to_owned(),
+        seed: scenario.seed,
+        train_images: scenario.data.train_images.min(splits.train.len()),
+        readout_images: scenario.data.readout_images.min(splits.train.len()),
+        test_images: scenario.data.test_images.min(splits.test.len()),
+        ..Summary::default()
+    };
+
+    let network: Network<f32> = random_network(
+        &scenario.network.layers,
+        &scenario.alpha_per_layer(),
+        scenario.network.init,
+        scenario.seed,
+    );
+    let trained = train(&scenario, &splits.train, network, &mut summary, &interrupted, options);
+    let (network, status) = match trained {
+        Ok(network) => (network, None),
+        Err((network, status, message)) => (network, Some((status, message))),
+    };
+    if let Some(network) = &network {
+        write_figure(&out, network, None)?;
+    }
+    if let Some((status, message)) = status {
+        return finish(&out, summary, started, status, Some(message));
+    }
+    let Some(network) = network else {
+        return finish(&out, summary, started, Status::Diverged, Some("no weights".into()));
+    };
+
+    info!(images = summary.readout_images + summary.test_images, "encoding");
+    let train_part = splits.train.take(summary.readout_images);
+    let test_part = splits.test.take(summary.test_images);
+    let encoded = encode(&scenario, &network, &train_part, &test_part, &interrupted, options);
+    let (train_codes, test_codes, encode_report) = match encoded {
+        Ok(Some(codes)) => codes,
+        Ok(None) => return finish(&out, summary, started, Status::Interrupted, None),
+        Err(message) => return finish(&out, summary, started, Status::Diverged, Some(message)),
+    };
+    summary.encode_max_residual = encode_report.0;
+    summary.encode_rows_above_tolerance = encode_report.1;
+    summary.unused_units = unused_units(&train_codes, &scenario.network.layers);
+    write_figure(&out, &network, Some(&train_codes))?;
+
+    info!("fitting readouts");
+    let config = readout_config(&scenario);
+    let readout = SoftmaxReadout::fit(train_codes.view(), &train_part.labels, 10, &config)?;
+    summary.test_error = Some(readout.error_rate(test_codes.view(), &test_part.labels));
+    let pixels = SoftmaxReadout::fit(train_part.images.view(), &train_part.labels, 10, &config)?;
+    summary.test_error_pixels = Some(pixels.error_rate(test_part.images.view(), &test_part.labels));
+    info!(
+        test_error = summary.test_error,
+        test_error_pixels = summary.test_error_pixels,
+        "readouts fitted"
+    );
+    finish(&out, summary, started, Status::Completed, None)
+}
+
+fn output_dir(options: &RunOptions) -> PathBuf {
+    options.out.clone().unwrap_or_else(|| {
+        let stem = options.scenario.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        PathBuf::from("runs").join(stem)
+    })
+}
+
+fn check_sizes(scenario: &Scenario, train: &Dataset, test: &Dataset) -> Result<(), Error> {
+    let pixels = train.rows * train.cols;
+    if scenario.network.layers[0] != pixels {
+        return Err(Error::Mismatch(format!(
+            "network.layers starts with {} but the images have {} pixels ({}x{}); set the first size to {}",
+            scenario.network.layers[0], pixels, train.rows, train.cols, pixels
+        )));
+    }
+    if train.is_empty() || test.is_empty() {
+        return Err(Error::Mismatch("the data directory holds no images".into()));
+    }
+    Ok(())
+}
+
+/// Scales every image to unit L2 norm; an all-zero image stays zero.
+pub fn unit_rows(images: &Array2<f32>) -> Array2<f32> {
+    let norms = row_norms(images.view());
+    let mut out = images.clone();
+    for (mut row, &n) in out.rows_mut().into_iter().zip(&norms) {
+        if n > 0.0 {
+            row.mapv_inplace(|v| v / n);
+        }
+    }
+    out
+}
+
+type TrainFailure = (Option<Network<f32>>, Status, String);
+
+/// Trains with the actors; on failure returns the last good weights, the
+/// status and a message.
+fn train(
+    scenario: &Scenario,
+    train_set: &Dataset,
+    network: Network<f32>,
+    summary: &mut Summary,
+    interrupted: &AtomicBool,
+    options: &RunOptions,
+) -> Result<Option<Network<f32>>, TrainFailure> {
+    let t = &scenario.train;
+    let images = summary.train_images;
+    let batches_per_epoch = images.div_ceil(t.batch_size);
+    let total = batches_per_epoch * t.epochs;
+    let config = RuntimeConfig {
+        relax: scenario.relax.config(),
+        timeout: Duration::from_secs_f64(scenario.relax.timeout_seconds),
+        workers: scenario.runtime.workers,
+        delay: None,
+    };
+    let mut actors = match ActorNetwork::spawn(&network, config) {
+        Ok(actors) => actors,
+        Err(e) => return Err((Some(network), Status::Diverged, e.to_string())),
+    };
+    info!(batches = total, batch_size = t.batch_size, "training with layer actors");
+    let bar = progress(options.progress, total as u64, "train");
+    let stats = actors.stats();
+    let layers = scenario.network.layers.len() - 1;
+    let mut weights: Vec<Array2<f32>> = network.weights.clone();
+    let mut updates = Vec::new();
+    let mut layer_updates = vec![0usize; layers];
+    let mut reconstruction = Vec::new();
+    summary.reseeded_units = vec![0; layers];
+    let mut csv = String::from("batch,rate,updates,messages,max_residual,outcome,reconstruction\n");
+    let started = Instant::now();
+    let mut failure = None;
+    'epochs: for epoch in 0..t.epochs {
+        for b in 0..batches_per_epoch {
+            if interrupted.load(Ordering::SeqCst) {
+                failure = Some((Status::Interrupted, "interrupted".to_owned()));
+                break 'epochs;
+            }
+            let k = epoch * batches_per_epoch + b;
+            let rows = b * t.batch_size..((b + 1) * t.batch_size).min(images);
+            let x0 = unit_rows(&train_set.images.slice(s![rows, ..]).to_owned());
+            let rate = t.learning_rate / (1.0 + k as f64 / t.rate_decay_batches);
+            let reseed = t.reseed_every > 0 && (k + 1) % t.reseed_every == 0;
+            let batch_options = BatchOptions { rate, reseed, return_state: false };
+            let result = match actors.run_batch(x0, batch_options) {
+                Ok(result) => result,
+                Err(e) => {
+                    failure = Some((Status::Diverged, format!("batch {k}: {e}")));
+                    break 'epochs;
+                }
+            };
+            let report = &result.report;
+            debug!(batch = k, updates = report.updates(), messages = report.messages,
+                residual = report.max_residual, outcome = ?report.outcome, "relaxation");
+            if report.outcome == Outcome::Diverged {
+                failure = Some((
+                    Status::Diverged,
+                    format!(
+                        "training diverged at batch {k} (residual {:.3e}); lower relax.step_scale or train.learning_rate",
+                        report.max_residual
+                    ),
+                ));
+                break 'epochs;
+            }
+            let mean_reconstruction = mean(&result.layers[0].reconstruction);
+            if !mean_reconstruction.is_finite()
+                || result.layers.iter().any(|l| l.weights.as_ref().is_some_and(|w| !w.iter().all(|v| v.is_finite())))
+            {
+                failure = Some((
+                    Status::Diverged,
+                    format!("training diverged at batch {k}: weights became NaN or infinite; lower train.learning_rate"),
+                ));
+                break 'epochs;
+            }
+            for (i, layer) in result.layers.iter().enumerate() {
+                if let Some(w) = &layer.weights {
+                    weights[i] = (**w).clone();
+                }
+                layer_updates[i] += layer.updates;
+                summary.reseeded_units[i] += layer.reseeded.len();
+            }
+            record(summary, report);
+            updates.push(report.updates());
+            reconstruction.push(mean_reconstruction);
+            csv.push_str(&format!(
+                "{k},{rate},{},{},{},{:?},{mean_reconstruction}\n",
+                report.updates(),
+                report.messages,
+                report.max_residual,
+                report.outcome
+            ));
+            let sent: u64 = stats.iter().map(|e| e.sent).sum();
+            let seconds = started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "{:.0} msg/s, {:.0} updates/relaxation",
+                sent as f64 / seconds,
+                mean_usize(&updates)
+            ));
+            bar.inc(1);
+            let capped_limit = (t.max_capped_fraction * total as f64).floor() as usize;
+            if summary.relaxations_at_cap > capped_limit {
+                failure = Some((
+                    Status::TooManyCapped,
+                    format!(
+                        "{} of {} relaxations reached relax.max_steps = {} (limit {:.0}%); raise relax.max_steps or relax.tolerance",
+                        summary.relaxations_at_cap,
+                        summary.relaxations,
+                        scenario.relax.max_steps,
+                        t.max_capped_fraction * 100.0
+                    ),
+                ));
+                break 'epochs;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    actors.shutdown();
+    summary.updates_mean = mean_usize(&updates);
+    summary.updates_max = updates.iter().copied().max().unwrap_or(0);
+    summary.layer_updates_mean =
+        layer_updates.iter().map(|&u| u as f64 / updates.len().max(1) as f64).collect();
+    let tenth = (reconstruction.len() / 10).max(1);
+    if !reconstruction.is_empty() {
+        summary.reconstruction_first = Some(mean(&reconstruction[..tenth]));
+        summary.reconstruction_last = Some(mean(&reconstruction[reconstruction.len() - tenth..]));
+    }
+    summary.training_csv = csv;
+    let trained = Network { weights, alpha: network.alpha.clone() };
+    info!(
+        relaxations = summary.relaxations,
+        updates_mean = summary.updates_mean,
+        at_cap = summary.relaxations_at_cap,
+        seconds = started.elapsed().as_secs_f64(),
+        "training done"
+    );
+    match failure {
+        None => Ok(Some(trained)),
+        Some((status, message)) => Err((Some(trained), status, message)),
+    }
+}
+
+fn record(summary: &mut Summary, report: &RelaxReport) {
+    summary.relaxations += 1;
+    summary.messages_total += report.messages;
+    summary.max_residual = summary.max_residual.max(report.max_residual);
+    summary.max_constraint_violation =
+        summary.max_constraint_violation.max(report.max_constraint_violation);
+    summary.rows_above_tolerance += report.rows_above_tolerance;
+    summary.blank_images += report.blank_rows;
+    if report.outcome == Outcome::Capped {
+        summary.relaxations_at_cap += 1;
+    }
+}
+
+type Codes = (Array2<f32>, Array2<f32>, (f64, usize));
+
+/// Encodes the readout and test images; `None` when interrupted.
+fn encode(
+    scenario: &Scenario,
+    network: &Network<f32>,
+    train_part: &Dataset,
+    test_part: &Dataset,
+    interrupted: &AtomicBool,
+    options: &RunOptions,
+) -> Result<Option<Codes>, String> {
+    let batch = scenario.encode.batch_size;
+    let total = (train_part.len().div_ceil(batch) + test_part.len().div_ceil(batch)) as u64;
+    let bar = progress(options.progress, total, "encode");
+    let mut worst = (0.0f64, 0usize);
+    let mut codes = Vec::new();
+    let mut encoder = Encoder::new(scenario, network);
+    for set in [train_part, test_part] {
+        let mut parts = Vec::new();
+        for start in (0..set.len()).step_by(batch) {
+            if interrupted.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let end = (start + batch).min(set.len());
+            let x0 = unit_rows(&set.images.slice(s![start..end, ..]).to_owned());
+            let (code, report) = encoder.encode(x0)?;
+            if report.outcome == Outcome::Diverged {
+                return Err(format!(
+                    "encoding diverged at image {start} (residual {:.3e}); lower relax.step_scale",
+                    report.max_residual
+                ));
+            }
+            worst.0 = worst.0.max(report.max_residual);
+            worst.1 += report.rows_above_tolerance;
+            parts.push(code);
+            bar.inc(1);
+        }
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        codes.push(concatenate(Axis(0), &views).unwrap_or_default());
+    }
+    bar.finish_and_clear();
+    let test_codes = codes.pop().unwrap_or_default();
+    let train_codes = codes.pop().unwrap_or_default();
+    Ok(Some((train_codes, test_codes, worst)))
+}
+
+/// Computes fixed-point codes `[x_1 | x_2 | …]` with the configured schedule.
+enum Encoder {
+    Synchronous(Solver<f32>),
+    Actors(Box<ActorNetwork<f32>>),
+}
+
+impl Encoder {
+    fn new(scenario: &Scenario, network: &Network<f32>) -> Self {
+        let relax = scenario.relax.config();
+        if scenario.encode.schedule == EncodeSchedule::Actors {
+            let config = RuntimeConfig {
+                relax,
+                timeout: Duration::from_secs_f64(scenario.relax.timeout_seconds),
+                workers: scenario.runtime.workers,
+                delay: None,
+            };
+            if let Ok(actors) = ActorNetwork::spawn(network, config) {
+                return Encoder::Actors(Box::new(actors));
+            }
+            warn!("could not start the actors for encoding; using the synchronous solver");
+        }
+        Encoder::Synchronous(Solver::new(network, relax))
+    }
+
+    fn encode(&mut self, x0: Array2<f32>) -> Result<(Array2<f32>, RelaxReport), String> {
+        match self {
+            Encoder::Synchronous(solver) => {
+                let report = solver.relax(x0.view());
+                let states: Vec<_> = solver.layers.iter().map(|l| l.x.view()).collect();
+                let codes = concatenate(Axis(1), &states).map_err(|e| e.to_string())?;
+                Ok((codes, report))
+            }
+            Encoder::Actors(actors) => {
+                let options = BatchOptions { rate: 0.0, reseed: false, return_state: true };
+                let result = actors.run_batch(x0, options).map_err(|e| e.to_string())?;
+                let views: Vec<_> =
+                    result.layers.iter().filter_map(|l| l.state.as_ref().map(|s| s.view())).collect();
+                let codes = concatenate(Axis(1), &views).map_err(|e| e.to_string())?;
+                Ok((codes, result.report))
+            }
+        }
+    }
+}
+
+fn unused_units(codes: &Array2<f32>, sizes: &[usize]) -> Vec<usize> {
+    let mut offset = 0;
+    sizes[1..]
+        .iter()
+        .map(|&n| {
+            let block = codes.slice(s![.., offset..offset + n]);
+            offset += n;
+            block.columns().into_iter().filter(|c| c.iter().all(|&v| v <= 0.0)).count()
+        })
+        .collect()
+}
+
+fn readout_config(scenario: &Scenario) -> ReadoutConfig {
+    ReadoutConfig {
+        epochs: scenario.readout.epochs,
+        learning_rate: scenario.readout.learning_rate as f32,
+        l2: scenario.readout.l2 as f32,
+        batch_size: scenario.readout.batch_size,
+        seed: scenario.seed,
+    }
+}
+
+/// Draws the 32 most used units of each layer (by the codes, when given).
+fn write_figure(out: &Path, network: &Network<f32>, codes: Option<&Array2<f32>>) -> Result<(), Error> {
+    let w1 = &network.weights[0];
+    let mut bands = vec![w1.clone()];
+    if let Some(w2) = network.weights.get(1) {
+        bands.push(w1.dot(w2));
+    }
+    let mut offset = 0;
+    let columns: Vec<Vec<usize>> = bands
+        .iter()
+        .map(|band| {
+            let n = band.ncols();
+            let mut order: Vec<usize> = (0..n).collect();
+            if let Some(codes) = codes {
+                let usage: Vec<f32> = (0..n).map(|k| codes.column(offset + k).sum()).collect();
+                order.sort_by(|&a, &b| usage[b].total_cmp(&usage[a]));
+            }
+            offset += n;
+            order.truncate(FIGURE_TILES);
+            order
+        })
+        .collect();
+    let side = (w1.nrows() as f64).sqrt() as usize;
+    let views: Vec<_> = bands.iter().map(|b| b.view()).collect();
+    let path = out.join("projective_fields.png");
+    write_projective_fields(&path, &views, &columns, side, w1.nrows() / side.max(1), 2)?;
+    Ok(())
+}
+
+fn finish(
+    out: &Path,
+    mut summary: Summary,
+    started: Instant,
+    status: Status,
+    message: Option<String>,
+) -> Result<Summary, Error> {
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.status = Some(status);
+    summary.message = message;
+    write_summary(out, &summary)?;
+    info!(status = ?status, seconds = summary.seconds, out = %out.display(), "run finished");
+    match status {
+        Status::Completed => Ok(summary),
+        Status::Interrupted => Err(Error::Interrupted),
+        Status::Diverged | Status::TooManyCapped => {
+            Err(Error::Failed(summary.message.clone().unwrap_or_default()))
+        }
+    }
+}
+
+fn write_resolved(out: &Path, scenario: &Scenario) -> Result<(), Error> {
+    let mut resolved = scenario.clone();
+    resolved.ign_version = Some(env!("CARGO_PKG_VERSION").to_owned());
+    let text = toml::to_string_pretty(&resolved).map_err(|e| Error::Mismatch(e.to_string()))?;
+    write_atomic(&out.join("scenario.resolved.toml"), text.as_bytes())
+}
+
+fn write_summary(out: &Path, summary: &Summary) -> Result<(), Error> {
+    let json = serde_json::to_string_pretty(summary).map_err(|e| Error::Mismatch(e.to_string()))?;
+    write_atomic(&out.join("summary.json"), json.as_bytes())?;
+    write_atomic(&out.join("training.csv"), summary.training_csv.as_bytes())
+}
+
+/// Writes a file through a temporary name and a rename, so a reader never
+/// sees half of it.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp");
+    let result = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    result.map_err(|source| Error::Output { path: path.to_owned(), source })
+}
+
+fn progress(enabled: bool, total: u64, label: &str) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    let style = ProgressStyle::with_template(
+        "{prefix:>7} [{elapsed_precise}] {bar:30} {pos}/{len} batches, eta {eta} {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(label.to_owned());
+    bar
+}
+
+fn mean(values: &[f64]) -> f64 {
+    if values.is_empty() { 0.0 } else { values.iter().sum::<f64>() / values.len() as f64 }
+}
+
+fn mean_usize(values: &[usize]) -> f64 {
+    if values.is_empty() { 0.0 } else { values.iter().sum::<usize>() as f64 / values.len() as f64 }
+}

@@ -1,0 +1,436 @@
+//! The actor tasks: one per layer and one for the clamped input. A layer actor
+//! owns its [`Layer`] (state, synapses, lambda) and sees the rest of the
+//! network only through the data messages in its mailbox.
+//!
+//! Invariant: an actor's settled flag turns false only when it takes a data
+//! message out of its mailbox, and a settled actor sends nothing. The
+//! quiescence detector's correctness rests on both.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use dashmap::DashMap;
+use ndarray::{Array2, NdFloat};
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tracing::{debug, trace};
+
+use super::message::{Control, DataMessage, DetectorEvent, LayerSummary, ProbeReply, Reply};
+use super::topology::{ActorId, Edge, MessageKind};
+use crate::learn::{UsageWindow, reseed_unused};
+use crate::model::{Layer, LayerEval, cast, prediction};
+use crate::relaxation::{Outcome, RelaxConfig};
+
+/// Live per-actor counters, readable while a run is going.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActorStats {
+    pub updates: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub settled: bool,
+}
+
+/// Shared live counters of every actor.
+pub type LiveStats = Arc<DashMap<ActorId, ActorStats>>;
+
+/// Random per-message delays, for testing the detector and for studying
+/// asynchrony: each message waits a uniform time in `[0, max]` before it is
+/// delivered.
+#[derive(Clone, Copy, Debug)]
+pub struct DelayConfig {
+    pub max: Duration,
+    pub seed: u64,
+}
+
+/// One outgoing edge: where it goes and the sending end of the receiver's
+/// mailbox. Dropping it does not close the mailbox while other senders exist.
+pub(super) struct Outgoing<A> {
+    pub edge: Edge,
+    pub data_tx: UnboundedSender<DataMessage<A>>,
+    pub sequence: u64,
+}
+
+/// Channels and counters every actor has.
+pub(super) struct Wiring<A> {
+    pub id: ActorId,
+    /// Data messages from neighbours; when every sender is dropped the actor
+    /// ends.
+    pub data_rx: UnboundedReceiver<DataMessage<A>>,
+    /// Control messages; handled before any queued data message.
+    pub control_rx: UnboundedReceiver<Control<A>>,
+    pub outgoing: Vec<Outgoing<A>>,
+    /// Hints and probe answers to the detector.
+    pub events_tx: Sender<DetectorEvent>,
+    /// Readiness and summaries to the driver.
+    pub replies_tx: Sender<Reply<A>>,
+    pub stats: LiveStats,
+    pub delay: Option<(Duration, ChaCha8Rng)>,
+    pub sent: u64,
+    pub received: u64,
+}
+
+impl<A: NdFloat> Wiring<A> {
+    pub fn new(
+        id: ActorId,
+        data_rx: UnboundedReceiver<DataMessage<A>>,
+        control_rx: UnboundedReceiver<Control<A>>,
+        outgoing: Vec<Outgoing<A>>,
+        events_tx: Sender<DetectorEvent>,
+        replies_tx: Sender<Reply<A>>,
+        stats: LiveStats,
+        delay: Option<DelayConfig>,
+    ) -> Self {
+        let delay = delay.map(|d| (d.max, ChaCha8Rng::seed_from_u64(d.seed ^ (id as u64 + 1))));
+        stats.insert(id, ActorStats::default());
+        Wiring {
+            id,
+            data_rx,
+            control_rx,
+            outgoing,
+            events_tx,
+            replies_tx,
+            stats,
+            delay,
+            sent: 0,
+            received: 0,
+        }
+    }
+
+    /// Sends `payload` on every outgoing edge of kind `kind`.
+    fn send(&mut self, kind: MessageKind, batch: u64, payload: &Arc<Array2<A>>)
+    where
+        A: Send + Sync + 'static,
+    {
+        for out in self.outgoing.iter_mut().filter(|o| o.edge.kind == kind) {
+            out.sequence += 1;
+            let message = DataMessage {
+                from: self.id,
+                kind,
+                batch,
+                sequence: out.sequence,
+                payload: Arc::clone(payload),
+            };
+            self.sent += 1;
+            if let Some(mut stats) = self.stats.get_mut(&self.id) {
+                stats.sent += 1;
+            }
+            trace!(from = self.id, to = out.edge.to, kind = kind.name(), batch, "message");
+            match &mut self.delay {
+                Some((max, rng)) => {
+                    let wait = rng.random_range(0..=max.as_micros() as u64);
+                    let data_tx = out.data_tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_micros(wait)).await;
+                        // A closed mailbox means the run is shutting down.
+                        let _ = data_tx.send(message);
+                    });
+                }
+                None => {
+                    let _ = out.data_tx.send(message);
+                }
+            }
+        }
+    }
+
+    fn count_received(&mut self) {
+        self.received += 1;
+        if let Some(mut stats) = self.stats.get_mut(&self.id) {
+            stats.received += 1;
+        }
+    }
+
+    fn set_settled(&mut self, settled: bool) {
+        if let Some(mut stats) = self.stats.get_mut(&self.id) {
+            stats.settled = settled;
+        }
+    }
+
+    fn answer_probe(&self, wave: u64, settled: bool) {
+        let settled = settled && self.data_rx.is_empty();
+        let reply =
+            ProbeReply { actor: self.id, wave, sent: self.sent, received: self.received, settled };
+        let _ = self.events_tx.send(DetectorEvent::Reply(reply));
+    }
+
+    fn hint(&self) {
+        let _ = self.events_tx.send(DetectorEvent::Hint(self.id));
+    }
+}
+
+/// Runs the input actor: on each `Start` it sends the batch's `x_0` up and is
+/// settled from then on.
+pub(super) async fn run_input<A>(mut wiring: Wiring<A>)
+where
+    A: NdFloat + Send + Sync + 'static,
+{
+    wiring.set_settled(true);
+    while let Some(control) = wiring.control_rx.recv().await {
+        match control {
+            Control::Start { batch, input } => {
+                if let Some(x0) = input {
+                    wiring.send(MessageKind::StateUp, batch, &x0);
+                }
+                wiring.hint();
+            }
+            Control::Probe { wave } => wiring.answer_probe(wave, true),
+            Control::Finish { .. } => {}
+            Control::Stop => break,
+        }
+    }
+}
+
+/// A layer actor's own state besides its wiring.
+pub(super) struct LayerActor<A> {
+    pub wiring: Wiring<A>,
+    pub layer: Layer<A>,
+    pub config: RelaxConfig,
+    /// Units' activity over the current reseeding window.
+    pub window: UsageWindow,
+    batch: u64,
+    /// Newest `x_{i−1}` and its sequence number; `None` before the first.
+    below: Option<(u64, Arc<Array2<A>>)>,
+    /// Newest `p_{i+1}` and its sequence number.
+    above: Option<(u64, Arc<Array2<A>>)>,
+    started: bool,
+    settled: bool,
+    updates: usize,
+    outcome: Outcome,
+    /// Divergence limit, set from the first evaluation of each relaxation.
+    limit: Option<A>,
+}
+
+impl<A> LayerActor<A>
+where
+    A: NdFloat + Send + Sync + 'static,
+{
+    pub fn new(wiring: Wiring<A>, layer: Layer<A>, config: RelaxConfig) -> Self {
+        let window = UsageWindow::new(layer.w.ncols());
+        LayerActor {
+            wiring,
+            layer,
+            config,
+            window,
+            batch: 0,
+            below: None,
+            above: None,
+            started: false,
+            settled: true,
+            updates: 0,
+            outcome: Outcome::Converged,
+            limit: None,
+        }
+    }
+
+    /// Runs until `Stop` or until its channels close.
+    pub async fn run(mut self) {
+        loop {
+            while let Ok(control) = self.wiring.control_rx.try_recv() {
+                if !self.handle_control(control) {
+                    return;
+                }
+            }
+            let mut took_message = false;
+            while let Ok(message) = self.wiring.data_rx.try_recv() {
+                self.accept(message);
+                took_message = true;
+            }
+            if self.ready() && !self.settled {
+                self.work();
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if took_message && self.settled {
+                self.wiring.hint();
+            }
+            tokio::select! {
+                biased;
+                control = self.wiring.control_rx.recv() => match control {
+                    Some(control) => if !self.handle_control(control) { return },
+                    None => return,
+                },
+                message = self.wiring.data_rx.recv() => match message {
+                    Some(message) => {
+                        self.accept(message);
+                        if self.settled {
+                            // A stale message changed nothing; say so.
+                            self.wiring.hint();
+                        }
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.started && (self.above.is_some() || !self.layer.has_above)
+    }
+
+    /// Handles a control message; returns false on `Stop`.
+    fn handle_control(&mut self, control: Control<A>) -> bool {
+        match control {
+            Control::Start { batch, .. } => {
+                self.batch = batch;
+                self.below = None;
+                self.above = None;
+                self.started = false;
+                self.settled = false;
+                self.updates = 0;
+                self.outcome = Outcome::Converged;
+                self.limit = None;
+                self.wiring.set_settled(false);
+                let _ = self.wiring.replies_tx.send(Reply::Ready(self.wiring.id));
+            }
+            Control::Probe { wave } => self.wiring.answer_probe(wave, self.settled),
+            Control::Finish { rate, reseed, return_state } => self.finish(rate, reseed, return_state),
+            Control::Stop => return false,
+        }
+        true
+    }
+
+    /// Takes one data message: keeps it if it is the newest on its edge.
+    fn accept(&mut self, message: DataMessage<A>) {
+        self.wiring.count_received();
+        if message.batch != self.batch {
+            return;
+        }
+        let slot = match message.kind {
+            MessageKind::StateUp => &mut self.below,
+            MessageKind::PredictionDown => &mut self.above,
+        };
+        if slot.as_ref().is_some_and(|(sequence, _)| *sequence >= message.sequence) {
+            return;
+        }
+        *slot = Some((message.sequence, message.payload));
+        self.settled = false;
+        self.wiring.set_settled(false);
+        if !self.started && message.kind == MessageKind::StateUp {
+            self.start();
+        }
+    }
+
+    /// Sets the feed-forward starting state and announces it.
+    fn start(&mut self) {
+        let Some((_, below)) = &self.below else { return };
+        self.layer.start(below.view());
+        self.started = true;
+        self.announce(None);
+        debug!(layer = self.layer.index, batch = self.batch, "started");
+    }
+
+    /// Sends the current state up and the current prediction down.
+    fn announce(&mut self, prediction_now: Option<&Array2<A>>) {
+        let batch = self.batch;
+        let state = Arc::new(self.layer.x.clone());
+        self.wiring.send(MessageKind::StateUp, batch, &state);
+        if self.wiring.outgoing.iter().any(|o| o.edge.kind == MessageKind::PredictionDown) {
+            let p = match prediction_now {
+                Some(p) => p.clone(),
+                None => prediction(self.layer.x.view(), self.layer.w.view()),
+            };
+            self.wiring.send(MessageKind::PredictionDown, batch, &Arc::new(p));
+        }
+    }
+
+    fn evaluate(&self) -> Option<LayerEval<A>> {
+        let (_, below) = self.below.as_ref()?;
+        let above = self.above.as_ref().map(|(_, p)| p.view());
+        Some(self.layer.evaluate(below.view(), above))
+    }
+
+    /// Evaluates against the newest messages and either settles or steps once
+    /// and sends the new state.
+    fn work(&mut self) {
+        let Some(eval) = self.evaluate() else { return };
+        let tolerance: A = cast(self.config.tolerance);
+        let residual = eval.max_residual();
+        let limit = *self
+            .limit
+            .get_or_insert(residual.max(tolerance) * cast(self.config.divergence_factor));
+        let outcome = if !eval.is_finite() || residual > limit {
+            Some(Outcome::Diverged)
+        } else if residual < tolerance {
+            Some(Outcome::Converged)
+        } else if self.updates >= self.config.max_steps {
+            Some(Outcome::Capped)
+        } else {
+            None
+        };
+        if let Some(outcome) = outcome {
+            self.outcome = outcome;
+            self.settled = true;
+            self.wiring.set_settled(true);
+            self.wiring.hint();
+            return;
+        }
+        self.layer.step(&eval, tolerance);
+        self.updates += 1;
+        if let Some(mut stats) = self.wiring.stats.get_mut(&self.wiring.id) {
+            stats.updates += 1;
+        }
+        self.announce(None);
+    }
+
+    /// Reports the relaxation just ended and, with `rate > 0`, applies
+    /// equation 1 to this layer's synapses.
+    fn finish(&mut self, rate: f64, reseed: bool, return_state: bool) {
+        let Some(eval) = self.evaluate() else {
+            let _ = self.wiring.replies_tx.send(Reply::Finished(Box::new(self.empty_summary())));
+            return;
+        };
+        let to_f64 = |v: &A| v.to_f64().unwrap_or(f64::NAN);
+        let below = &self.below.as_ref().map(|(_, b)| Arc::clone(b));
+        let reconstruction = match below {
+            Some(below) => {
+                let r = &**below - &eval.prediction;
+                r.rows().into_iter().map(|row| 0.5 * to_f64(&row.dot(&row))).collect()
+            }
+            None => Vec::new(),
+        };
+        let usage = self.layer.usage();
+        let mut summary = LayerSummary {
+            layer: self.layer.index,
+            updates: self.updates,
+            outcome: self.outcome,
+            row_residual: eval.row_residual.iter().map(to_f64).collect(),
+            max_constraint_violation: to_f64(&eval.constraint.fold(A::zero(), |m, &v| m.max(v))),
+            usage: usage.to_vec(),
+            blank_rows: self.layer.blank.iter().filter(|&&b| b).count(),
+            zero_columns: Vec::new(),
+            reseeded: Vec::new(),
+            reconstruction,
+            state: return_state.then(|| Arc::new(self.layer.x.clone())),
+            weights: None,
+        };
+        if rate > 0.0 && self.outcome != Outcome::Diverged {
+            summary.zero_columns = self.layer.learn(&eval, cast(rate));
+            self.window.add(&usage, self.layer.x.nrows());
+            if reseed {
+                let unused = self.window.unused();
+                summary.reseeded = reseed_unused(&mut self.layer, eval.residual.view(), &unused);
+                self.window.reset();
+            }
+        }
+        summary.weights = Some(Arc::new(self.layer.w.clone()));
+        let _ = self.wiring.replies_tx.send(Reply::Finished(Box::new(summary)));
+    }
+
+    fn empty_summary(&self) -> LayerSummary<A> {
+        LayerSummary {
+            layer: self.layer.index,
+            updates: self.updates,
+            outcome: self.outcome,
+            row_residual: Vec::new(),
+            max_constraint_violation: 0.0,
+            usage: vec![0; self.layer.w.ncols()],
+            blank_rows: 0,
+            zero_columns: Vec::new(),
+            reseeded: Vec::new(),
+            reconstruction: Vec::new(),
+            state: None,
+            weights: Some(Arc::new(self.layer.w.clone())),
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! Experiment files: the TOML schema, its defaults, command-line overrides
+//! and range checks. Every key and default is documented in
+//! `docs/scenarios.md`; keep the two in step.
+//!
+//! Invariant: a [`Scenario`] that `load` returns has passed [`Scenario::validate`],
+//! so the rest of the program can trust every value in it.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::model::WeightInit;
+use crate::relaxation::RelaxConfig;
+
+/// A bad scenario file or override. Every variant names the file and, where
+/// there is one, the key.
+#[derive(Debug, Error)]
+pub enum ScenarioError {
+    #[error("cannot read scenario {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not valid TOML at line {line}: {message}")]
+    Syntax { path: PathBuf, line: usize, message: String },
+    #[error("{path}: {message}")]
+    Schema { path: PathBuf, message: String },
+    #[error("{path}: invalid value {value} for key `{key}`: {expected}")]
+    OutOfRange { path: PathBuf, key: String, value: String, expected: String },
+    #[error("invalid override `{text}`: {reason}")]
+    Override { text: String, reason: String },
+}
+
+/// A whole experiment.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// The ign version that wrote a resolved scenario; ignored on input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ign_version: Option<String>,
+    /// Seed of every random choice (weights, shuffling, readout).
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    #[serde(default)]
+    pub data: DataSection,
+    pub network: NetworkSection,
+    #[serde(default)]
+    pub relax: RelaxSection,
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+    #[serde(default)]
+    pub train: TrainSection,
+    #[serde(default)]
+    pub encode: EncodeSection,
+    #[serde(default)]
+    pub readout: ReadoutSection,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// Directory of the four IDX files, gzipped or raw.
+    pub dir: PathBuf,
+    /// Where decompressed copies go; empty means the default cache directory.
+    pub cache_dir: PathBuf,
+    /// Training images used for learning (the first ones of the file).
+    pub train_images: usize,
+    /// Training images encoded to fit the readout.
+    pub readout_images: usize,
+    /// Test images encoded and classified.
+    pub test_images: usize,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection {
+            dir: PathBuf::from("data/mnist"),
+            cache_dir: PathBuf::new(),
+            train_images: 20_000,
+            readout_images: 20_000,
+            test_images: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSection {
+    /// Layer sizes, input first.
+    pub layers: Vec<usize>,
+    /// Sparsity weight per layer above the input; one value applies to all.
+    pub alpha: Vec<f64>,
+    #[serde(default = "default_init")]
+    pub init: WeightInit,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelaxSection {
+    pub tolerance: f64,
+    pub max_steps: usize,
+    pub step_scale: f64,
+    pub divergence_factor: f64,
+    /// Wall-clock limit for one relaxation, in seconds.
+    pub timeout_seconds: f64,
+}
+
+impl Default for RelaxSection {
+    fn default() -> Self {
+        let r = RelaxConfig::default();
+        RelaxSection {
+            tolerance: r.tolerance,
+            max_steps: r.max_steps,
+            step_scale: r.step_scale,
+            divergence_factor: r.divergence_factor,
+            timeout_seconds: 120.0,
+        }
+    }
+}
+
+impl RelaxSection {
+    pub fn config(&self) -> RelaxConfig {
+        RelaxConfig {
+            tolerance: self.tolerance,
+            max_steps: self.max_steps,
+            step_scale: self.step_scale,
+            divergence_factor: self.divergence_factor,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// Tokio worker threads for the actors.
+    pub workers: usize,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        RuntimeSection { workers: 2 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    pub batch_size: usize,
+    pub epochs: usize,
+    /// Equation-1 learning rate at the first batch.
+    pub learning_rate: f64,
+    /// The rate at batch k is `learning_rate / (1 + k / rate_decay_batches)`.
+    pub rate_decay_batches: f64,
+    /// Reseed units unused over this many batches; 0 never reseeds.
+    pub reseed_every: usize,
+    /// The run fails when more than this fraction of relaxations hit the cap.
+    pub max_capped_fraction: f64,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        TrainSection {
+            batch_size: 100,
+            epochs: 1,
+            learning_rate: 8.0,
+            rate_decay_batches: 100.0,
+            reseed_every: 50,
+            max_capped_fraction: 0.5,
+        }
+    }
+}
+
+/// Which schedule computes the codes for the readout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodeSchedule {
+    Synchronous,
+    Actors,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncodeSection {
+    pub batch_size: usize,
+    pub schedule: EncodeSchedule,
+}
+
+impl Default for EncodeSection {
+    fn default() -> Self {
+        EncodeSection { batch_size: 250, schedule: EncodeSchedule::Synchronous }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadoutSection {
+    pub epochs: usize,
+    pub learning_rate: f64,
+    pub l2: f64,
+    pub batch_size: usize,
+}
+
+impl Default for ReadoutSection {
+    fn default() -> Self {
+        let d = crate::readout::ReadoutConfig::default();
+        ReadoutSection {
+            epochs: d.epochs,
+            learning_rate: d.learning_rate as f64,
+            l2: d.l2 as f64,
+            batch_size: d.batch_size,
+        }
+    }
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+fn default_init() -> WeightInit {
+    WeightInit::Gaussian
+}
+
+impl Scenario {
+    /// Reads, overrides and validates a scenario file. `overrides` are
+    /// `dotted.key=value` strings whose value is a TOML value (a bare word
+    /// that is not valid TOML is taken as a string).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ScenarioError::Read { path: path.to_owned(), source })?;
+        Self::parse(path, &text, overrides)
+    }
+
+    /// Parses scenario text; `path` is used in messages only.
+    pub fn parse(path: &Path, text: &str, overrides: &[String]) -> Result<Self, ScenarioError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ScenarioError::Syntax {
+            path: path.to_owned(),
+            line: line_of(text, e.span()),
+            message: e.message().trim().to_owned(),
+        })?;
+        for text in overrides {
+            apply_override(&mut table, text)?;
+        }
+        let scenario: Scenario = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ScenarioError::Schema {
+                path: path.to_owned(),
+                message: e.message().trim().replace('\n', " "),
+            })?;
+        scenario.validate(path)?;
+        Ok(scenario)
+    }
+
+    /// Checks every value's range, naming the key of the first bad one.
+    pub fn validate(&self, path: &Path) -> Result<(), ScenarioError> {
+        let bad = |key: &str, value: String, expected: &str| ScenarioError::OutOfRange {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            value,
+            expected: expected.to_owned(),
+        };
+        let n = &self.network;
+        if n.layers.len() < 2 {
+            return Err(bad("network.layers", format!("{:?}", n.layers), "need the input size and at least one layer"));
+        }
+        if let Some(size) = n.layers.iter().find(|&&s| s == 0) {
+            return Err(bad("network.layers", size.to_string(), "every size must be at least 1"));
+        }
+        let hidden = n.layers.len() - 1;
+        if n.alpha.len() != 1 && n.alpha.len() != hidden {
+            return Err(bad("network.alpha", format!("{:?}", n.alpha), &format!("give 1 value or {hidden} (one per layer above the input)")));
+        }
+        if let Some(a) = n.alpha.iter().find(|a| !(**a >= 0.0) || !a.is_finite()) {
+            return Err(bad("network.alpha", a.to_string(), "must be a finite number >= 0"));
+        }
+        let r = &self.relax;
+        positive(r.tolerance, "relax.tolerance", &bad)?;
+        positive(r.step_scale, "relax.step_scale", &bad)?;
+        positive(r.timeout_seconds, "relax.timeout_seconds", &bad)?;
+        if !(r.divergence_factor > 1.0) || !r.divergence_factor.is_finite() {
+            return Err(bad("relax.divergence_factor", r.divergence_factor.to_string(), "must be a finite number > 1"));
+        }
+        at_least_one(r.max_steps, "relax.max_steps", &bad)?;
+        at_least_one(self.runtime.workers, "runtime.workers", &bad)?;
+        let t = &self.train;
+        at_least_one(t.batch_size, "train.batch_size", &bad)?;
+        if !(t.learning_rate >= 0.0) || !t.learning_rate.is_finite() {
+            return Err(bad("train.learning_rate", t.learning_rate.to_string(), "must be a finite number >= 0"));
+        }
+        positive(t.rate_decay_batches, "train.rate_decay_batches", &bad)?;
+        if !(0.0..=1.0).contains(&t.max_capped_fraction) {
+            return Err(bad("train.max_capped_fraction", t.max_capped_fraction.to_string(), "must be between 0 and 1"));
+        }
+        let d = &self.data;
+        at_least_one(d.train_images, "data.train_images", &bad)?;
+        at_least_one(d.readout_images, "data.readout_images", &bad)?;
+        at_least_one(d.test_images, "data.test_images", &bad)?;
+        at_least_one(self.encode.batch_size, "encode.batch_size", &bad)?;
+        let o = &self.readout;
+        at_least_one(o.epochs, "readout.epochs", &bad)?;
+        at_least_one(o.batch_size, "readout.batch_size", &bad)?;
+        positive(o.learning_rate, "readout.learning_rate", &bad)?;
+        if !(o.l2 >= 0.0) || !o.l2.is_finite() {
+            return Err(bad("readout.l2", o.l2.to_string(), "must be a finite number >= 0"));
+        }
+        Ok(())
+    }
+
+    /// Returns one sparsity weight per layer above the input.
+    pub fn alpha_per_layer(&self) -> Vec<f64> {
+        let hidden = self.network.layers.len() - 1;
+        match self.network.alpha.as_slice() {
+            [one] => vec![*one; hidden],
+            many => many.to_vec(),
+        }
+    }
+}
+
+fn positive<F>(value: f64, key: &str, bad: &F) -> Result<(), ScenarioError>
+where
+    F: Fn(&str, String, &str) -> ScenarioError,
+{
+    if value > 0.0 && value.is_finite() {
+        Ok(())
+    } else {
+        Err(bad(key, value.to_string(), "must be a finite number > 0"))
+    }
+}
+
+fn at_least_one<F>(value: usize, key: &str, bad: &F) -> Result<(), ScenarioError>
+where
+    F: Fn(&str, String, &str) -> ScenarioError,
+{
+    if value >= 1 { Ok(()) } else { Err(bad(key, value.to_string(), "must be at least 1")) }
+}
+
+/// Sets `dotted.key=value` in a TOML table, creating sections as needed.
+fn apply_override(table: &mut toml::Table, text: &str) -> Result<(), ScenarioError> {
+    let fail = |reason: &str| ScenarioError::Override { text: text.to_owned(), reason: reason.to_owned() };
+    let (key, raw) = text.split_once('=').ok_or_else(|| fail("expected KEY=VALUE"))?;
+    let key = key.trim();
+    let raw = raw.trim();
+    let value = parse_value(raw);
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(fail("empty key part"));
+    }
+    let mut current = table;
+    for part in &parts[..parts.len() - 1] {
+        let entry = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry.as_table_mut().ok_or_else(|| fail(&format!("`{part}` is not a section")))?;
+    }
+    current.insert(parts[parts.len() - 1].to_owned(), value);
+    Ok(())
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    let wrapped = format!("v = {raw}");
+    match toml::from_str::<toml::Table>(&wrapped) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> usize {
+    let offset = span.map_or(0, |s| s.start).min(text.len());
+    text[..offset].matches('\n').count() + 1
+}
