@@ -231,6 +231,16 @@ fn nan_difference_fails_check() {
 }
 
 #[test]
+fn missing_analytic_entry_fails_check() {
+    let differences = vec![Array2::from_elem((2, 2), Some(1.0))];
+    let analytic = vec![Array2::from_elem((1, 2), 1.0)];
+    let comparison = compare_gradients(&differences, &analytic);
+    assert_eq!(comparison.entries_checked, 4);
+    assert!(comparison.max_relative_error.is_nan());
+    assert_eq!(comparison.worst, Some((1, 1, 0)));
+}
+
+#[test]
 fn report_without_checked_entries_does_not_pass() {
     let report = GradientCheckReport {
         max_relative_error: 0.0,
