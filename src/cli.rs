@@ -11,7 +11,11 @@ use crate::experiment::{RunOptions, run};
 use crate::gradcheck::{self, GradientCheck};
 
 #[derive(Debug, Parser)]
-#[command(name = "ign", version, about = "Simulate intrinsic gradient networks as asynchronous actors")]
+#[command(
+    name = "ign",
+    version,
+    about = "Simulate intrinsic gradient networks as asynchronous actors"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -62,23 +66,51 @@ pub enum Command {
 /// any.
 pub fn dispatch(cli: Cli, interrupted: Arc<AtomicBool>) -> Result<(), Error> {
     match cli.command {
-        Command::Run { scenario, out, seed, data, train_images, mut overrides, no_progress } => {
+        Command::Run {
+            scenario,
+            out,
+            seed,
+            data,
+            train_images,
+            mut overrides,
+            no_progress,
+        } => {
             if let Some(seed) = seed {
                 overrides.push(format!("seed={seed}"));
             }
             if let Some(dir) = data {
-                overrides.push(format!("data.dir={}", toml_string(&dir.display().to_string())));
+                overrides.push(format!(
+                    "data.dir={}",
+                    toml_string(&dir.display().to_string())
+                ));
             }
             if let Some(n) = train_images {
                 overrides.push(format!("data.train_images={n}"));
             }
-            let options = RunOptions { scenario, out, overrides, progress: !no_progress };
+            let options = RunOptions {
+                scenario,
+                out,
+                overrides,
+                progress: !no_progress,
+            };
             let summary = run(&options, interrupted)?;
-            println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&summary).unwrap_or_default()
+            );
             Ok(())
         }
-        Command::CheckGradient { layers, seed, alpha } => {
-            let check = GradientCheck { sizes: layers, seed, alpha, ..GradientCheck::default() };
+        Command::CheckGradient {
+            layers,
+            seed,
+            alpha,
+        } => {
+            let check = GradientCheck {
+                sizes: layers,
+                seed,
+                alpha,
+                ..GradientCheck::default()
+            };
             let report = gradcheck::run(&check)?;
             println!("{report}");
             if report.passed() {

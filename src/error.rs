@@ -24,7 +24,10 @@ pub enum Error {
     #[error(transparent)]
     GradientCheck(#[from] GradientCheckError),
     #[error("failed to write {path}: {source}")]
-    Output { path: PathBuf, source: std::io::Error },
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Figure(#[from] FigureError),
     #[error("readout failed: {0}")]

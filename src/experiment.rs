@@ -96,7 +96,10 @@ pub fn run(options: &RunOptions, interrupted: Arc<AtomicBool>) -> Result<Summary
     let started = Instant::now();
     let scenario = Scenario::load(&options.scenario, &options.overrides)?;
     let out = output_dir(options);
-    std::fs::create_dir_all(&out).map_err(|source| Error::Output { path: out.clone(), source })?;
+    std::fs::create_dir_all(&out).map_err(|source| Error::Output {
+        path: out.clone(),
+        source,
+    })?;
     write_resolved(&out, &scenario)?;
     info!(scenario = %options.scenario.display(), out = %out.display(), "run started");
 
@@ -123,7 +126,14 @@ pub fn run(options: &RunOptions, interrupted: Arc<AtomicBool>) -> Result<Summary
         scenario.network.init,
         scenario.seed,
     );
-    let trained = train(&scenario, &splits.train, network, &mut summary, &interrupted, options);
+    let trained = train(
+        &scenario,
+        &splits.train,
+        network,
+        &mut summary,
+        &interrupted,
+        options,
+    );
     let (network, status) = match trained {
         Ok(network) => (network, None),
         Err((network, status, message)) => (network, Some((status, message))),
@@ -135,13 +145,29 @@ pub fn run(options: &RunOptions, interrupted: Arc<AtomicBool>) -> Result<Summary
         return finish(&out, summary, started, status, Some(message));
     }
     let Some(network) = network else {
-        return finish(&out, summary, started, Status::Diverged, Some("no weights".into()));
+        return finish(
+            &out,
+            summary,
+            started,
+            Status::Diverged,
+            Some("no weights".into()),
+        );
     };
 
-    info!(images = summary.readout_images + summary.test_images, "encoding");
+    info!(
+        images = summary.readout_images + summary.test_images,
+        "encoding"
+    );
     let train_part = splits.train.take(summary.readout_images);
     let test_part = splits.test.take(summary.test_images);
-    let encoded = encode(&scenario, &network, &train_part, &test_part, &interrupted, options);
+    let encoded = encode(
+        &scenario,
+        &network,
+        &train_part,
+        &test_part,
+        &interrupted,
+        options,
+    );
     let (train_codes, test_codes, encode_report) = match encoded {
         Ok(Some(codes)) => codes,
         Ok(None) => return finish(&out, summary, started, Status::Interrupted, None),
@@ -168,7 +194,12 @@ pub fn run(options: &RunOptions, interrupted: Arc<AtomicBool>) -> Result<Summary
 
 fn output_dir(options: &RunOptions) -> PathBuf {
     options.out.clone().unwrap_or_else(|| {
-        let stem = options.scenario.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let stem = options
+            .scenario
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         PathBuf::from("runs").join(stem)
     })
 }
@@ -225,7 +256,11 @@ fn train(
         Ok(actors) => actors,
         Err(e) => return Err((Some(network), Status::Diverged, e.to_string())),
     };
-    info!(batches = total, batch_size = t.batch_size, "training with layer actors");
+    info!(
+        batches = total,
+        batch_size = t.batch_size,
+        "training with layer actors"
+    );
     let bar = progress(options.progress, total as u64, "train");
     let stats = actors.stats();
     let layers = scenario.network.layers.len() - 1;
@@ -247,8 +282,12 @@ fn train(
             let rows = b * t.batch_size..((b + 1) * t.batch_size).min(images);
             let x0 = unit_rows(&train_set.images.slice(s![rows, ..]).to_owned());
             let rate = t.learning_rate / (1.0 + k as f64 / t.rate_decay_batches);
-            let reseed = t.reseed_every > 0 && (k + 1) % t.reseed_every == 0;
-            let batch_options = BatchOptions { rate, reseed, return_state: false };
+            let reseed = t.reseed_every > 0 && (k + 1).is_multiple_of(t.reseed_every);
+            let batch_options = BatchOptions {
+                rate,
+                reseed,
+                return_state: false,
+            };
             let result = match actors.run_batch(x0, batch_options) {
                 Ok(result) => result,
                 Err(e) => {
@@ -271,11 +310,17 @@ fn train(
             }
             let mean_reconstruction = mean(&result.layers[0].reconstruction);
             if !mean_reconstruction.is_finite()
-                || result.layers.iter().any(|l| l.weights.as_ref().is_some_and(|w| !w.iter().all(|v| v.is_finite())))
+                || result.layers.iter().any(|l| {
+                    l.weights
+                        .as_ref()
+                        .is_some_and(|w| !w.iter().all(|v| v.is_finite()))
+                })
             {
                 failure = Some((
                     Status::Diverged,
-                    format!("training diverged at batch {k}: weights became NaN or infinite; lower train.learning_rate"),
+                    format!(
+                        "training diverged at batch {k}: weights became NaN or infinite; lower train.learning_rate"
+                    ),
                 ));
                 break 'epochs;
             }
@@ -324,15 +369,20 @@ fn train(
     actors.shutdown();
     summary.updates_mean = mean_usize(&updates);
     summary.updates_max = updates.iter().copied().max().unwrap_or(0);
-    summary.layer_updates_mean =
-        layer_updates.iter().map(|&u| u as f64 / updates.len().max(1) as f64).collect();
+    summary.layer_updates_mean = layer_updates
+        .iter()
+        .map(|&u| u as f64 / updates.len().max(1) as f64)
+        .collect();
     let tenth = (reconstruction.len() / 10).max(1);
     if !reconstruction.is_empty() {
         summary.reconstruction_first = Some(mean(&reconstruction[..tenth]));
         summary.reconstruction_last = Some(mean(&reconstruction[reconstruction.len() - tenth..]));
     }
     summary.training_csv = csv;
-    let trained = Network { weights, alpha: network.alpha.clone() };
+    let trained = Network {
+        weights,
+        alpha: network.alpha.clone(),
+    };
     info!(
         relaxations = summary.relaxations,
         updates_mean = summary.updates_mean,
@@ -350,8 +400,9 @@ fn record(summary: &mut Summary, report: &RelaxReport) {
     summary.relaxations += 1;
     summary.messages_total += report.messages;
     summary.max_residual = summary.max_residual.max(report.max_residual);
-    summary.max_constraint_violation =
-        summary.max_constraint_violation.max(report.max_constraint_violation);
+    summary.max_constraint_violation = summary
+        .max_constraint_violation
+        .max(report.max_constraint_violation);
     summary.rows_above_tolerance += report.rows_above_tolerance;
     summary.blank_images += report.blank_rows;
     if report.outcome == Outcome::Capped {
@@ -438,10 +489,17 @@ impl Encoder {
                 Ok((codes, report))
             }
             Encoder::Actors(actors) => {
-                let options = BatchOptions { rate: 0.0, reseed: false, return_state: true };
+                let options = BatchOptions {
+                    rate: 0.0,
+                    reseed: false,
+                    return_state: true,
+                };
                 let result = actors.run_batch(x0, options).map_err(|e| e.to_string())?;
-                let views: Vec<_> =
-                    result.layers.iter().filter_map(|l| l.state.as_ref().map(|s| s.view())).collect();
+                let views: Vec<_> = result
+                    .layers
+                    .iter()
+                    .filter_map(|l| l.state.as_ref().map(|s| s.view()))
+                    .collect();
                 let codes = concatenate(Axis(1), &views).map_err(|e| e.to_string())?;
                 Ok((codes, result.report))
             }
@@ -456,7 +514,11 @@ fn unused_units(codes: &Array2<f32>, sizes: &[usize]) -> Vec<usize> {
         .map(|&n| {
             let block = codes.slice(s![.., offset..offset + n]);
             offset += n;
-            block.columns().into_iter().filter(|c| c.iter().all(|&v| v <= 0.0)).count()
+            block
+                .columns()
+                .into_iter()
+                .filter(|c| c.iter().all(|&v| v <= 0.0))
+                .count()
         })
         .collect()
 }
@@ -472,7 +534,11 @@ fn readout_config(scenario: &Scenario) -> ReadoutConfig {
 }
 
 /// Draws the 32 most used units of each layer (by the codes, when given).
-fn write_figure(out: &Path, network: &Network<f32>, codes: Option<&Array2<f32>>) -> Result<(), Error> {
+fn write_figure(
+    out: &Path,
+    network: &Network<f32>,
+    codes: Option<&Array2<f32>>,
+) -> Result<(), Error> {
     let w1 = &network.weights[0];
     let mut bands = vec![w1.clone()];
     if let Some(w2) = network.weights.get(1) {
@@ -541,7 +607,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let result = std::fs::File::create(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
         .and_then(|_| std::fs::rename(&tmp, path));
-    result.map_err(|source| Error::Output { path: path.to_owned(), source })
+    result.map_err(|source| Error::Output {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn progress(enabled: bool, total: u64, label: &str) -> ProgressBar {
@@ -559,9 +628,17 @@ fn progress(enabled: bool, total: u64, label: &str) -> ProgressBar {
 }
 
 fn mean(values: &[f64]) -> f64 {
-    if values.is_empty() { 0.0 } else { values.iter().sum::<f64>() / values.len() as f64 }
+    if values.is_empty() {
+        0.0
+    } else {
+        values.iter().sum::<f64>() / values.len() as f64
+    }
 }
 
 fn mean_usize(values: &[usize]) -> f64 {
-    if values.is_empty() { 0.0 } else { values.iter().sum::<usize>() as f64 / values.len() as f64 }
+    if values.is_empty() {
+        0.0
+    } else {
+        values.iter().sum::<usize>() as f64 / values.len() as f64
+    }
 }

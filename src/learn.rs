@@ -20,7 +20,10 @@ pub struct UsageWindow {
 
 impl UsageWindow {
     pub fn new(units: usize) -> Self {
-        UsageWindow { counts: Array1::zeros(units), images: 0 }
+        UsageWindow {
+            counts: Array1::zeros(units),
+            images: 0,
+        }
     }
 
     /// Adds one batch's per-unit counts of active rows.
@@ -31,7 +34,12 @@ impl UsageWindow {
 
     /// Returns the units no image used since the window began.
     pub fn unused(&self) -> Vec<usize> {
-        self.counts.iter().enumerate().filter(|(_, c)| **c == 0).map(|(k, _)| k).collect()
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c == 0)
+            .map(|(k, _)| k)
+            .collect()
     }
 
     pub fn reset(&mut self) {
@@ -51,7 +59,11 @@ pub fn reseed_unused<A: NdFloat>(
 ) -> Vec<usize> {
     let norms = residual.map_axis(Axis(1), |row| row.dot(&row));
     let mut rows: Vec<usize> = (0..residual.nrows()).collect();
-    rows.sort_by(|&a, &b| norms[b].partial_cmp(&norms[a]).unwrap_or(std::cmp::Ordering::Equal));
+    rows.sort_by(|&a, &b| {
+        norms[b]
+            .partial_cmp(&norms[a])
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     let mut reseeded = Vec::new();
     for (&unit, &row) in unused.iter().zip(&rows) {
         if layer.reseed_column(unit, residual.row(row)) {

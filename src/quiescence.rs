@@ -73,7 +73,14 @@ impl Detector {
         events_rx: Receiver<DetectorEvent>,
         probe: Box<dyn Fn(ActorId, u64) -> bool + Send>,
     ) -> Self {
-        Detector { actors, events_rx, probe, next_wave: 0, timeout: Duration::ZERO, hint_during_wave: false }
+        Detector {
+            actors,
+            events_rx,
+            probe,
+            next_wave: 0,
+            timeout: Duration::ZERO,
+            hint_during_wave: false,
+        }
     }
 
     /// Blocks until the actors are quiescent or `timeout` has passed. One
@@ -93,7 +100,9 @@ impl Detector {
         let mut wave_now = true;
         loop {
             if Instant::now() >= deadline {
-                return Err(DetectorError::TimedOut { seconds: timeout.as_secs_f64() });
+                return Err(DetectorError::TimedOut {
+                    seconds: timeout.as_secs_f64(),
+                });
             }
             if !wave_now {
                 self.wait_for_hint(deadline)?;
@@ -101,12 +110,13 @@ impl Detector {
             let replies = self.wave(deadline)?;
             waves += 1;
             if replies.iter().all(|r| r.settled) {
-                if let Some(before) = &previous {
-                    if same_counts(before, &replies) && balanced(&replies) {
-                        let messages = replies.iter().map(|r| r.sent).sum();
-                        debug!(waves, messages, "quiescence detected");
-                        return Ok(Detection { waves, messages });
-                    }
+                let confirmed = previous
+                    .as_ref()
+                    .is_some_and(|before| same_counts(before, &replies) && balanced(&replies));
+                if confirmed {
+                    let messages = replies.iter().map(|r| r.sent).sum();
+                    debug!(waves, messages, "quiescence detected");
+                    return Ok(Detection { waves, messages });
                 }
                 previous = Some(replies);
                 wave_now = true;
@@ -160,16 +170,19 @@ impl Detector {
         let left = deadline.saturating_duration_since(Instant::now());
         match self.events_rx.recv_timeout(left) {
             Ok(event) => Ok(event),
-            Err(RecvTimeoutError::Timeout) => {
-                Err(DetectorError::TimedOut { seconds: self.timeout.as_secs_f64() })
-            }
+            Err(RecvTimeoutError::Timeout) => Err(DetectorError::TimedOut {
+                seconds: self.timeout.as_secs_f64(),
+            }),
             Err(RecvTimeoutError::Disconnected) => Err(DetectorError::Disconnected),
         }
     }
 }
 
 fn same_counts(before: &[ProbeReply], after: &[ProbeReply]) -> bool {
-    before.iter().zip(after).all(|(a, b)| a.sent == b.sent && a.received == b.received)
+    before
+        .iter()
+        .zip(after)
+        .all(|(a, b)| a.sent == b.sent && a.received == b.received)
 }
 
 fn balanced(replies: &[ProbeReply]) -> bool {
@@ -194,8 +207,14 @@ mod tests {
             let table = script.lock().unwrap();
             let row = &table[(wave as usize).min(table.len() - 1)];
             let (sent, received, settled) = row[actor];
-            tx.send(DetectorEvent::Reply(ProbeReply { actor, wave, sent, received, settled }))
-                .unwrap();
+            tx.send(DetectorEvent::Reply(ProbeReply {
+                actor,
+                wave,
+                sent,
+                received,
+                settled,
+            }))
+            .unwrap();
             if actor == 0 {
                 tx.send(DetectorEvent::Hint(0)).unwrap();
             }
@@ -207,7 +226,13 @@ mod tests {
     #[test]
     fn two_equal_balanced_waves_detect() {
         let d = scripted(vec![vec![(1, 0, true), (2, 3, true)]]).unwrap();
-        assert_eq!(d, Detection { waves: 2, messages: 3 });
+        assert_eq!(
+            d,
+            Detection {
+                waves: 2,
+                messages: 3
+            }
+        );
     }
 
     #[test]

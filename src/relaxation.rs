@@ -23,7 +23,12 @@ pub struct RelaxConfig {
 
 impl Default for RelaxConfig {
     fn default() -> Self {
-        RelaxConfig { tolerance: 1e-2, max_steps: 400, step_scale: 0.9, divergence_factor: 1e4 }
+        RelaxConfig {
+            tolerance: 1e-2,
+            max_steps: 400,
+            step_scale: 0.9,
+            divergence_factor: 1e4,
+        }
     }
 }
 

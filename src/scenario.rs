@@ -18,13 +18,25 @@ use crate::relaxation::RelaxConfig;
 #[derive(Debug, Error)]
 pub enum ScenarioError {
     #[error("cannot read scenario {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not valid TOML at line {line}: {message}")]
-    Syntax { path: PathBuf, line: usize, message: String },
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("{path}: {message}")]
     Schema { path: PathBuf, message: String },
     #[error("{path}: invalid value {value} for key `{key}`: {expected}")]
-    OutOfRange { path: PathBuf, key: String, value: String, expected: String },
+    OutOfRange {
+        path: PathBuf,
+        key: String,
+        value: String,
+        expected: String,
+    },
     #[error("invalid override `{text}`: {reason}")]
     Override { text: String, reason: String },
 }
@@ -185,7 +197,10 @@ pub struct EncodeSection {
 
 impl Default for EncodeSection {
     fn default() -> Self {
-        EncodeSection { batch_size: 250, schedule: EncodeSchedule::Synchronous }
+        EncodeSection {
+            batch_size: 250,
+            schedule: EncodeSchedule::Synchronous,
+        }
     }
 }
 
@@ -223,8 +238,10 @@ impl Scenario {
     /// `dotted.key=value` strings whose value is a TOML value (a bare word
     /// that is not valid TOML is taken as a string).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ScenarioError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ScenarioError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(path, &text, overrides)
     }
 
@@ -238,12 +255,13 @@ impl Scenario {
         for text in overrides {
             apply_override(&mut table, text)?;
         }
-        let scenario: Scenario = table
-            .try_into()
-            .map_err(|e: toml::de::Error| ScenarioError::Schema {
-                path: path.to_owned(),
-                message: e.message().trim().replace('\n', " "),
-            })?;
+        let scenario: Scenario =
+            table
+                .try_into()
+                .map_err(|e: toml::de::Error| ScenarioError::Schema {
+                    path: path.to_owned(),
+                    message: e.message().trim().replace('\n', " "),
+                })?;
         scenario.validate(path)?;
         Ok(scenario)
     }
@@ -258,35 +276,63 @@ impl Scenario {
         };
         let n = &self.network;
         if n.layers.len() < 2 {
-            return Err(bad("network.layers", format!("{:?}", n.layers), "need the input size and at least one layer"));
+            return Err(bad(
+                "network.layers",
+                format!("{:?}", n.layers),
+                "need the input size and at least one layer",
+            ));
         }
         if let Some(size) = n.layers.iter().find(|&&s| s == 0) {
-            return Err(bad("network.layers", size.to_string(), "every size must be at least 1"));
+            return Err(bad(
+                "network.layers",
+                size.to_string(),
+                "every size must be at least 1",
+            ));
         }
         let hidden = n.layers.len() - 1;
         if n.alpha.len() != 1 && n.alpha.len() != hidden {
-            return Err(bad("network.alpha", format!("{:?}", n.alpha), &format!("give 1 value or {hidden} (one per layer above the input)")));
+            return Err(bad(
+                "network.alpha",
+                format!("{:?}", n.alpha),
+                &format!("give 1 value or {hidden} (one per layer above the input)"),
+            ));
         }
-        if let Some(a) = n.alpha.iter().find(|a| !(**a >= 0.0) || !a.is_finite()) {
-            return Err(bad("network.alpha", a.to_string(), "must be a finite number >= 0"));
+        if let Some(a) = n.alpha.iter().find(|a| !non_negative(**a)) {
+            return Err(bad(
+                "network.alpha",
+                a.to_string(),
+                "must be a finite number >= 0",
+            ));
         }
         let r = &self.relax;
         positive(r.tolerance, "relax.tolerance", &bad)?;
         positive(r.step_scale, "relax.step_scale", &bad)?;
         positive(r.timeout_seconds, "relax.timeout_seconds", &bad)?;
-        if !(r.divergence_factor > 1.0) || !r.divergence_factor.is_finite() {
-            return Err(bad("relax.divergence_factor", r.divergence_factor.to_string(), "must be a finite number > 1"));
+        if !(r.divergence_factor.is_finite() && r.divergence_factor > 1.0) {
+            return Err(bad(
+                "relax.divergence_factor",
+                r.divergence_factor.to_string(),
+                "must be a finite number > 1",
+            ));
         }
         at_least_one(r.max_steps, "relax.max_steps", &bad)?;
         at_least_one(self.runtime.workers, "runtime.workers", &bad)?;
         let t = &self.train;
         at_least_one(t.batch_size, "train.batch_size", &bad)?;
-        if !(t.learning_rate >= 0.0) || !t.learning_rate.is_finite() {
-            return Err(bad("train.learning_rate", t.learning_rate.to_string(), "must be a finite number >= 0"));
+        if !non_negative(t.learning_rate) {
+            return Err(bad(
+                "train.learning_rate",
+                t.learning_rate.to_string(),
+                "must be a finite number >= 0",
+            ));
         }
         positive(t.rate_decay_batches, "train.rate_decay_batches", &bad)?;
         if !(0.0..=1.0).contains(&t.max_capped_fraction) {
-            return Err(bad("train.max_capped_fraction", t.max_capped_fraction.to_string(), "must be between 0 and 1"));
+            return Err(bad(
+                "train.max_capped_fraction",
+                t.max_capped_fraction.to_string(),
+                "must be between 0 and 1",
+            ));
         }
         let d = &self.data;
         at_least_one(d.train_images, "data.train_images", &bad)?;
@@ -297,8 +343,12 @@ impl Scenario {
         at_least_one(o.epochs, "readout.epochs", &bad)?;
         at_least_one(o.batch_size, "readout.batch_size", &bad)?;
         positive(o.learning_rate, "readout.learning_rate", &bad)?;
-        if !(o.l2 >= 0.0) || !o.l2.is_finite() {
-            return Err(bad("readout.l2", o.l2.to_string(), "must be a finite number >= 0"));
+        if !non_negative(o.l2) {
+            return Err(bad(
+                "readout.l2",
+                o.l2.to_string(),
+                "must be a finite number >= 0",
+            ));
         }
         Ok(())
     }
@@ -311,6 +361,11 @@ impl Scenario {
             many => many.to_vec(),
         }
     }
+}
+
+/// Returns whether `value` is a finite number >= 0 (false for NaN).
+fn non_negative(value: f64) -> bool {
+    value.is_finite() && value >= 0.0
 }
 
 fn positive<F>(value: f64, key: &str, bad: &F) -> Result<(), ScenarioError>
@@ -328,13 +383,22 @@ fn at_least_one<F>(value: usize, key: &str, bad: &F) -> Result<(), ScenarioError
 where
     F: Fn(&str, String, &str) -> ScenarioError,
 {
-    if value >= 1 { Ok(()) } else { Err(bad(key, value.to_string(), "must be at least 1")) }
+    if value >= 1 {
+        Ok(())
+    } else {
+        Err(bad(key, value.to_string(), "must be at least 1"))
+    }
 }
 
 /// Sets `dotted.key=value` in a TOML table, creating sections as needed.
 fn apply_override(table: &mut toml::Table, text: &str) -> Result<(), ScenarioError> {
-    let fail = |reason: &str| ScenarioError::Override { text: text.to_owned(), reason: reason.to_owned() };
-    let (key, raw) = text.split_once('=').ok_or_else(|| fail("expected KEY=VALUE"))?;
+    let fail = |reason: &str| ScenarioError::Override {
+        text: text.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (key, raw) = text
+        .split_once('=')
+        .ok_or_else(|| fail("expected KEY=VALUE"))?;
     let key = key.trim();
     let raw = raw.trim();
     let value = parse_value(raw);
@@ -347,7 +411,9 @@ fn apply_override(table: &mut toml::Table, text: &str) -> Result<(), ScenarioErr
         let entry = current
             .entry(part.to_string())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        current = entry.as_table_mut().ok_or_else(|| fail(&format!("`{part}` is not a section")))?;
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| fail(&format!("`{part}` is not a section")))?;
     }
     current.insert(parts[parts.len() - 1].to_owned(), value);
     Ok(())
@@ -356,7 +422,9 @@ fn apply_override(table: &mut toml::Table, text: &str) -> Result<(), ScenarioErr
 fn parse_value(raw: &str) -> toml::Value {
     let wrapped = format!("v = {raw}");
     match toml::from_str::<toml::Table>(&wrapped) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
         Err(_) => toml::Value::String(raw.to_owned()),
     }
 }

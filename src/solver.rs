@@ -31,7 +31,13 @@ pub fn build_layers<A: NdFloat>(network: &Network<A>, config: &RelaxConfig) -> V
         .zip(&network.alpha)
         .enumerate()
         .map(|(i, (w, &alpha))| {
-            Layer::new(i + 1, w.clone(), alpha, i + 1 < count, cast(config.step_scale))
+            Layer::new(
+                i + 1,
+                w.clone(),
+                alpha,
+                i + 1 < count,
+                cast(config.step_scale),
+            )
         })
         .collect()
 }
@@ -58,7 +64,10 @@ impl<A: NdFloat> Solver<A> {
     pub fn state(&self) -> State<A> {
         let mut x = vec![self.input.clone()];
         x.extend(self.layers.iter().map(|l| l.x.clone()));
-        let lambda = self.layers[0].lambda.clone().unwrap_or_else(|| ndarray::Array1::zeros(0));
+        let lambda = self.layers[0]
+            .lambda
+            .clone()
+            .unwrap_or_else(|| ndarray::Array1::zeros(0));
         State { x, lambda }
     }
 
@@ -73,7 +82,11 @@ impl<A: NdFloat> Solver<A> {
     /// Sets every layer's feed-forward starting state, bottom up.
     pub fn start(&mut self) {
         for i in 0..self.layers.len() {
-            let below = if i == 0 { self.input.clone() } else { self.layers[i - 1].x.clone() };
+            let below = if i == 0 {
+                self.input.clone()
+            } else {
+                self.layers[i - 1].x.clone()
+            };
             self.layers[i].start(below.view());
         }
     }
@@ -117,8 +130,15 @@ impl<A: NdFloat> Solver<A> {
         let count = self.layers.len();
         let mut evals: Vec<Option<LayerEval<A>>> = vec![None; count];
         for i in (0..count).rev() {
-            let below = if i == 0 { self.input.view() } else { self.layers[i - 1].x.view() };
-            let above = evals.get(i + 1).and_then(|e| e.as_ref()).map(|e| e.prediction.view());
+            let below = if i == 0 {
+                self.input.view()
+            } else {
+                self.layers[i - 1].x.view()
+            };
+            let above = evals
+                .get(i + 1)
+                .and_then(|e| e.as_ref())
+                .map(|e| e.prediction.view());
             evals[i] = Some(self.layers[i].evaluate(below, above));
         }
         evals.into_iter().flatten().collect()
@@ -128,7 +148,11 @@ impl<A: NdFloat> Solver<A> {
     /// Returns, per layer, the columns whose norm was zero.
     pub fn learn(&mut self, rate: f64) -> Vec<Vec<usize>> {
         let rate: A = cast(rate);
-        self.layers.iter_mut().zip(&self.evals).map(|(layer, eval)| layer.learn(eval, rate)).collect()
+        self.layers
+            .iter_mut()
+            .zip(&self.evals)
+            .map(|(layer, eval)| layer.learn(eval, rate))
+            .collect()
     }
 }
 
@@ -149,7 +173,11 @@ pub fn summarize<A: NdFloat>(
     let to_f64 = |v: A| v.to_f64().unwrap_or(f64::NAN);
     let rows = first.x.nrows();
     let rows_above_tolerance = (0..rows)
-        .filter(|&b| evals.iter().any(|e| !(e.row_residual[b] < tolerance)))
+        .filter(|&b| {
+            evals
+                .iter()
+                .any(|e| e.row_residual[b] >= tolerance || e.row_residual[b].is_nan())
+        })
         .count();
     let constraint = evals[0].constraint.fold(A::zero(), |m, &v| m.max(v));
     RelaxReport {

@@ -24,7 +24,12 @@ fn inputs(rows: usize, cols: usize, seed: u64) -> Array2<f64> {
 
 fn config(tolerance: f64, delay: Option<DelayConfig>) -> RuntimeConfig {
     RuntimeConfig {
-        relax: RelaxConfig { tolerance, max_steps: 100_000, step_scale: 0.9, divergence_factor: 1e6 },
+        relax: RelaxConfig {
+            tolerance,
+            max_steps: 100_000,
+            step_scale: 0.9,
+            divergence_factor: 1e6,
+        },
         timeout: Duration::from_secs(10),
         workers: 2,
         delay,
@@ -48,9 +53,18 @@ fn actors_reach_solver_fixed_point() {
     let report = solver.relax(x0.view());
     assert_eq!(report.outcome, Outcome::Converged);
     let mut actors = ActorNetwork::spawn(&network, config(tolerance, None)).unwrap();
-    let options = BatchOptions { rate: 0.0, reseed: false, return_state: true };
+    let options = BatchOptions {
+        rate: 0.0,
+        reseed: false,
+        return_state: true,
+    };
     let result = actors.run_batch(x0.clone(), options).unwrap();
-    assert_eq!(result.report.outcome, Outcome::Converged, "{:?}", result.report);
+    assert_eq!(
+        result.report.outcome,
+        Outcome::Converged,
+        "{:?}",
+        result.report
+    );
     assert!(result.report.max_residual < tolerance);
     for (layer, summary) in solver.layers.iter().zip(&result.layers) {
         let state = summary.state.as_ref().unwrap();
@@ -70,14 +84,21 @@ fn actors_learn_same_weights_as_solver() {
         let x0 = inputs(5, 16, 100 + batch);
         solver.relax(x0.view());
         solver.learn(0.5);
-        let options = BatchOptions { rate: 0.5, reseed: false, return_state: false };
+        let options = BatchOptions {
+            rate: 0.5,
+            reseed: false,
+            return_state: false,
+        };
         last = actors.run_batch(x0, options).unwrap().layers;
     }
     for (layer, summary) in solver.layers.iter().zip(&last) {
         let w = summary.weights.as_ref().unwrap();
         let diff = max_abs_diff(&layer.w, w);
         assert!(diff < 1e-6, "W{} differs by {diff}", layer.index);
-        assert!(max_abs_diff(&layer.w, &network.weights[layer.index - 1]) > 1e-3, "W did not move");
+        assert!(
+            max_abs_diff(&layer.w, &network.weights[layer.index - 1]) > 1e-3,
+            "W did not move"
+        );
     }
 }
 
@@ -85,12 +106,19 @@ fn actors_learn_same_weights_as_solver() {
 fn detector_never_fires_with_messages_in_flight() {
     let network = network();
     let tolerance = 1e-6;
-    let delay = DelayConfig { max: Duration::from_micros(300), seed: 11 };
+    let delay = DelayConfig {
+        max: Duration::from_micros(300),
+        seed: 11,
+    };
     let mut actors = ActorNetwork::spawn(&network, config(tolerance, Some(delay))).unwrap();
     let stats = actors.stats();
     for relaxation in 0..40 {
         let x0 = inputs(4, 16, 1000 + relaxation);
-        let options = BatchOptions { rate: 0.0, reseed: false, return_state: false };
+        let options = BatchOptions {
+            rate: 0.0,
+            reseed: false,
+            return_state: false,
+        };
         let result = match actors.run_batch(x0, options) {
             Ok(r) => r,
             Err(e) => {
@@ -102,10 +130,20 @@ fn detector_never_fires_with_messages_in_flight() {
         // message sent must have been taken and every actor settled.
         let sent: u64 = stats.iter().map(|e| e.sent).sum();
         let received: u64 = stats.iter().map(|e| e.received).sum();
-        assert_eq!(sent, received, "relaxation {relaxation}: message in flight at detection");
-        assert!(stats.iter().all(|e| e.settled), "relaxation {relaxation}: unsettled actor");
+        assert_eq!(
+            sent, received,
+            "relaxation {relaxation}: message in flight at detection"
+        );
+        assert!(
+            stats.iter().all(|e| e.settled),
+            "relaxation {relaxation}: unsettled actor"
+        );
         assert_eq!(result.report.outcome, Outcome::Converged);
-        assert!(result.report.max_residual < tolerance, "{}", result.report.max_residual);
+        assert!(
+            result.report.max_residual < tolerance,
+            "{}",
+            result.report.max_residual
+        );
         assert!(result.detection.waves >= 2);
     }
 }

@@ -26,7 +26,12 @@ fn network() -> Network<f32> {
 }
 
 fn relax_config(step_scale: f64) -> RelaxConfig {
-    RelaxConfig { tolerance: 1e-4, max_steps: 5000, step_scale, divergence_factor: 1e4 }
+    RelaxConfig {
+        tolerance: 1e-4,
+        max_steps: 5000,
+        step_scale,
+        divergence_factor: 1e4,
+    }
 }
 
 #[test]
@@ -39,14 +44,27 @@ fn blank_image_gets_zero_code_and_no_nan() {
     assert_eq!(report.blank_rows, 1);
     for layer in &solver.layers {
         assert!(layer.x.iter().all(|v| v.is_finite()));
-        assert!(layer.x.row(1).iter().all(|&v| v == 0.0), "layer {}", layer.index);
-        assert!(layer.x.row(0).iter().any(|&v| v > 0.0), "layer {}", layer.index);
+        assert!(
+            layer.x.row(1).iter().all(|&v| v == 0.0),
+            "layer {}",
+            layer.index
+        );
+        assert!(
+            layer.x.row(0).iter().any(|&v| v > 0.0),
+            "layer {}",
+            layer.index
+        );
     }
     let lambda = solver.layers[0].lambda.as_ref().unwrap();
     assert_eq!(lambda[1], 0.0);
     let zero_columns = solver.learn(1.0);
     assert!(zero_columns.iter().all(Vec::is_empty));
-    assert!(solver.layers.iter().all(|l| l.w.iter().all(|v| v.is_finite())));
+    assert!(
+        solver
+            .layers
+            .iter()
+            .all(|l| l.w.iter().all(|v| v.is_finite()))
+    );
 }
 
 #[test]
@@ -61,13 +79,19 @@ fn code_does_not_depend_on_batch() {
     for (rows, extra_seed) in [(0..1, 10), (5..8, 11), (11..12, 12)] {
         let others = inputs(4, 64, extra_seed);
         let mut batch = others.clone();
-        batch.slice_mut(s![1..1 + rows.len(), ..]).assign(&images.slice(s![rows.clone(), ..]));
+        batch
+            .slice_mut(s![1..1 + rows.len(), ..])
+            .assign(&images.slice(s![rows.clone(), ..]));
         solver.relax(batch.view());
         for (layer, expected) in solver.layers.iter().zip(&whole) {
             let got = layer.x.slice(s![1..1 + rows.len(), ..]);
             let want = expected.slice(s![rows.clone(), ..]);
             let diff = (&got - &want).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));
-            assert!(diff <= 1e-6, "layer {} rows {rows:?} differ by {diff}", layer.index);
+            assert!(
+                diff <= 1e-6,
+                "layer {} rows {rows:?} differ by {diff}",
+                layer.index
+            );
         }
     }
 }
@@ -89,7 +113,11 @@ fn actors_report_divergence_above_stability_bound() {
         delay: None,
     };
     let mut actors = ActorNetwork::spawn(&network(), config).unwrap();
-    let options = BatchOptions { rate: 0.0, reseed: false, return_state: false };
+    let options = BatchOptions {
+        rate: 0.0,
+        reseed: false,
+        return_state: false,
+    };
     let result = actors.run_batch(inputs(4, 64, 3), options).unwrap();
     assert_eq!(result.report.outcome, Outcome::Diverged);
 }

@@ -24,14 +24,22 @@ fn fixture() -> Value {
 }
 
 fn tight() -> RelaxConfig {
-    RelaxConfig { tolerance: 1e-13, max_steps: 200_000, step_scale: 1.0, divergence_factor: 1e6 }
+    RelaxConfig {
+        tolerance: 1e-13,
+        max_steps: 200_000,
+        step_scale: 1.0,
+        divergence_factor: 1e6,
+    }
 }
 
 #[test]
 fn solver_reproduces_reference_fixed_point() {
     let f = fixture();
     let alpha = f["alpha"].as_f64().unwrap();
-    let network = Network { weights: vec![matrix(&f["W1"]), matrix(&f["W2"])], alpha: vec![alpha; 2] };
+    let network = Network {
+        weights: vec![matrix(&f["W1"]), matrix(&f["W2"])],
+        alpha: vec![alpha; 2],
+    };
     let x0 = vector(&f["x0"]).insert_axis(ndarray::Axis(0));
     let mut solver = Solver::new(&network, tight());
     let report = solver.relax(x0.view());
@@ -46,12 +54,26 @@ fn solver_reproduces_reference_fixed_point() {
         assert!((a - b).abs() < 1e-9, "x2 {a} vs {b}");
     }
     let lambda = f["lambda"].as_f64().unwrap();
-    assert!((state.lambda[0] - lambda).abs() < 1e-9, "lambda {}", state.lambda[0]);
+    assert!(
+        (state.lambda[0] - lambda).abs() < 1e-9,
+        "lambda {}",
+        state.lambda[0]
+    );
     let e = energies(&network, &state);
-    assert!((e.potential[0] - f["V"].as_f64().unwrap()).abs() < 1e-9, "V {}", e.potential[0]);
-    assert!((e.loss[0] - f["L"].as_f64().unwrap()).abs() < 1e-9, "L {}", e.loss[0]);
+    assert!(
+        (e.potential[0] - f["V"].as_f64().unwrap()).abs() < 1e-9,
+        "V {}",
+        e.potential[0]
+    );
+    assert!(
+        (e.loss[0] - f["L"].as_f64().unwrap()).abs() < 1e-9,
+        "L {}",
+        e.loss[0]
+    );
     let g1 = weight_gradient(solver.evals[0].residual.view(), state.x[1].view());
     let expected = matrix(&f["dL_dW1"]);
-    let worst = (&g1 - &expected).mapv(f64::abs).fold(0.0f64, |m, &v| m.max(v));
+    let worst = (&g1 - &expected)
+        .mapv(f64::abs)
+        .fold(0.0f64, |m, &v| m.max(v));
     assert!(worst < 1e-8, "equation 1 differs by {worst}");
 }

@@ -18,7 +18,12 @@ fn actors_reduce_reconstruction_error_on_mnist() {
     let network: Network<f32> =
         random_network(&[784, 100, 50], &[0.05, 0.01], WeightInit::Gaussian, 3);
     let config = RuntimeConfig {
-        relax: RelaxConfig { tolerance: 1e-2, max_steps: 400, step_scale: 0.9, divergence_factor: 1e4 },
+        relax: RelaxConfig {
+            tolerance: 1e-2,
+            max_steps: 400,
+            step_scale: 0.9,
+            divergence_factor: 1e4,
+        },
         timeout: Duration::from_secs(60),
         workers: 2,
         delay: None,
@@ -27,8 +32,18 @@ fn actors_reduce_reconstruction_error_on_mnist() {
     let batch = 50;
     let mut errors = Vec::new();
     for b in 0..12 {
-        let x0 = unit_rows(&splits.train.images.slice(s![b * batch..(b + 1) * batch, ..]).to_owned());
-        let options = BatchOptions { rate: 4.0, reseed: false, return_state: false };
+        let x0 = unit_rows(
+            &splits
+                .train
+                .images
+                .slice(s![b * batch..(b + 1) * batch, ..])
+                .to_owned(),
+        );
+        let options = BatchOptions {
+            rate: 4.0,
+            reseed: false,
+            return_state: false,
+        };
         let result = actors.run_batch(x0, options).unwrap();
         assert_ne!(result.report.outcome, Outcome::Diverged);
         let reconstruction = &result.layers[0].reconstruction;
@@ -36,5 +51,8 @@ fn actors_reduce_reconstruction_error_on_mnist() {
     }
     let first = errors[0];
     let last = (errors[9] + errors[10] + errors[11]) / 3.0;
-    assert!(last < 0.75 * first, "reconstruction error went from {first} to {last}: {errors:?}");
+    assert!(
+        last < 0.75 * first,
+        "reconstruction error went from {first} to {last}: {errors:?}"
+    );
 }

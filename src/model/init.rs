@@ -43,5 +43,8 @@ pub fn random_network<A: NdFloat>(
             w
         })
         .collect();
-    Network { weights, alpha: alpha.iter().map(|&a| cast(a)).collect() }
+    Network {
+        weights,
+        alpha: alpha.iter().map(|&a| cast(a)).collect(),
+    }
 }

@@ -120,7 +120,11 @@ impl<A: NdFloat> Layer<A> {
             let p = prediction(x.view(), self.w.view());
             for (b, mut row) in x.rows_mut().into_iter().enumerate() {
                 let pp = p.row(b).dot(&p.row(b));
-                let scale = if pp > tiny() { below.row(b).dot(&p.row(b)) / pp } else { A::zero() };
+                let scale = if pp > tiny() {
+                    below.row(b).dot(&p.row(b)) / pp
+                } else {
+                    A::zero()
+                };
                 row.mapv_inplace(|v| v * scale);
             }
         }
@@ -165,18 +169,30 @@ impl<A: NdFloat> Layer<A> {
         let (residual, norms) = match &self.lambda {
             Some(lambda) => {
                 let norms = row_norms(p.view());
-                (scaled_residual(below, p.view(), norms.view(), lambda.view()), Some(norms))
+                (
+                    scaled_residual(below, p.view(), norms.view(), lambda.view()),
+                    Some(norms),
+                )
             }
             None => (&below - &p, None),
         };
         let residual_above = above.map(|p_above| &self.x - &p_above);
-        let gradient =
-            state_gradient(residual.view(), self.w.view(), self.alpha, residual_above.as_ref().map(|r| r.view()));
-        let mut row_residual = row_max_abs(projected_residual(self.x.view(), gradient.view()).view());
+        let gradient = state_gradient(
+            residual.view(),
+            self.w.view(),
+            self.alpha,
+            residual_above.as_ref().map(|r| r.view()),
+        );
+        let mut row_residual =
+            row_max_abs(projected_residual(self.x.view(), gradient.view()).view());
         let mut constraint = Array1::zeros(batch);
         if let Some(norms) = &norms {
-            Zip::from(&mut constraint).and(norms).for_each(|c, &n| *c = (n - A::one()).abs());
-            Zip::from(&mut row_residual).and(&constraint).for_each(|r, &c| *r = r.max(c));
+            Zip::from(&mut constraint)
+                .and(norms)
+                .for_each(|c, &n| *c = (n - A::one()).abs());
+            Zip::from(&mut row_residual)
+                .and(&constraint)
+                .for_each(|r, &c| *r = r.max(c));
         }
         for (b, &blank) in self.blank.iter().enumerate() {
             if blank {
@@ -184,7 +200,14 @@ impl<A: NdFloat> Layer<A> {
                 constraint[b] = A::zero();
             }
         }
-        LayerEval { prediction: p, residual, gradient, norms, row_residual, constraint }
+        LayerEval {
+            prediction: p,
+            residual,
+            gradient,
+            norms,
+            row_residual,
+            constraint,
+        }
     }
 
     /// Takes one projected-gradient step on every row whose residual is at
@@ -213,7 +236,9 @@ impl<A: NdFloat> Layer<A> {
             let bound = (curvature_scale * self.lipschitz + identity_term).max(A::one());
             let eta = self.step_scale / bound;
             let gradient = eval.gradient.row(b);
-            self.x.row_mut(b).zip_mut_with(&gradient, |x, &g| *x = (*x - eta * g).max(A::zero()));
+            self.x
+                .row_mut(b)
+                .zip_mut_with(&gradient, |x, &g| *x = (*x - eta * g).max(A::zero()));
             if let (Some(lambda), Some(norms)) = (self.lambda.as_mut(), &eval.norms) {
                 lambda[b] += eta * (norms[b] - A::one());
             }
@@ -246,7 +271,9 @@ impl<A: NdFloat> Layer<A> {
 
     /// Counts, per unit, the rows in which it is active (`x > 0`).
     pub fn usage(&self) -> Array1<usize> {
-        self.x.map(|&v| usize::from(v > A::zero())).sum_axis(Axis(0))
+        self.x
+            .map(|&v| usize::from(v > A::zero()))
+            .sum_axis(Axis(0))
     }
 
     /// Returns the upper estimate of `‖W_i‖₂²` used for the step size.

@@ -70,7 +70,11 @@ pub fn scaled_residual<A: NdFloat>(
     let mut residual = x0.to_owned();
     for (b, mut row) in residual.rows_mut().into_iter().enumerate() {
         let norm = p1_norms[b];
-        let scale = if norm > tiny() { A::one() + lambda[b] / norm } else { A::one() };
+        let scale = if norm > tiny() {
+            A::one() + lambda[b] / norm
+        } else {
+            A::one()
+        };
         row.scaled_add(-scale, &p1.row(b));
     }
     residual
@@ -96,10 +100,17 @@ pub fn state_gradient<A: NdFloat>(
 /// non-negative state: zero exactly at a stationary point of V over `x >= 0`.
 pub fn projected_residual<A: NdFloat>(x: ArrayView2<A>, gradient: ArrayView2<A>) -> Array2<A> {
     let mut out = Array2::zeros(x.raw_dim());
-    Zip::from(&mut out).and(x).and(gradient).for_each(|o, &x, &g| {
-        let stepped = x - g;
-        *o = x - if stepped > A::zero() { stepped } else { A::zero() };
-    });
+    Zip::from(&mut out)
+        .and(x)
+        .and(gradient)
+        .for_each(|o, &x, &g| {
+            let stepped = x - g;
+            *o = x - if stepped > A::zero() {
+                stepped
+            } else {
+                A::zero()
+            };
+        });
     out
 }
 
@@ -204,11 +215,11 @@ pub fn energies<A: NdFloat>(network: &Network<A>, state: &State<A>) -> Energies<
         let squared = r.map_axis(Axis(1), |row| row.dot(&row)) * half;
         let sparsity = x.sum_axis(Axis(1)) * network.alpha[i];
         potential = potential + &squared + &sparsity;
-        loss = loss + &sparsity;
+        loss += &sparsity;
         if i == 0 {
             loss = loss + &squared - &state.lambda;
             let constraint = row_norms(p.view()).mapv(|n| n - A::one());
-            potential = potential + &(&state.lambda * &constraint);
+            potential += &(&state.lambda * &constraint);
         }
     }
     Energies { potential, loss }
@@ -251,6 +262,9 @@ mod tests {
         assert_eq!(r, array![[0.5, -0.5]]);
         let lambda = array![-(0.5f64.sqrt())];
         let r = scaled_residual(x0.view(), p.view(), norms.view(), lambda.view());
-        assert!((r[[0, 0]] - 1.0).abs() < 1e-12 && r[[0, 1]].abs() < 1e-12, "{r}");
+        assert!(
+            (r[[0, 0]] - 1.0).abs() < 1e-12 && r[[0, 1]].abs() < 1e-12,
+            "{r}"
+        );
     }
 }

@@ -52,6 +52,21 @@ pub(super) struct Outgoing<A> {
     pub sequence: u64,
 }
 
+/// The receiving ends an actor owns.
+pub(super) struct Mailboxes<A> {
+    pub data_rx: UnboundedReceiver<DataMessage<A>>,
+    pub control_rx: UnboundedReceiver<Control<A>>,
+}
+
+/// What every actor gets a handle to: the detector's and the driver's
+/// channels, the live counters and the delay model.
+pub(super) struct Shared<A> {
+    pub events_tx: Sender<DetectorEvent>,
+    pub replies_tx: Sender<Reply<A>>,
+    pub stats: LiveStats,
+    pub delay: Option<DelayConfig>,
+}
+
 /// Channels and counters every actor has.
 pub(super) struct Wiring<A> {
     pub id: ActorId,
@@ -74,25 +89,21 @@ pub(super) struct Wiring<A> {
 impl<A: NdFloat> Wiring<A> {
     pub fn new(
         id: ActorId,
-        data_rx: UnboundedReceiver<DataMessage<A>>,
-        control_rx: UnboundedReceiver<Control<A>>,
+        mailboxes: Mailboxes<A>,
         outgoing: Vec<Outgoing<A>>,
-        events_tx: Sender<DetectorEvent>,
-        replies_tx: Sender<Reply<A>>,
-        stats: LiveStats,
-        delay: Option<DelayConfig>,
+        shared: &Shared<A>,
     ) -> Self {
-        let delay = delay.map(|d| (d.max, ChaCha8Rng::seed_from_u64(d.seed ^ (id as u64 + 1))));
-        stats.insert(id, ActorStats::default());
+        let seeded = |d: DelayConfig| (d.max, ChaCha8Rng::seed_from_u64(d.seed ^ (id as u64 + 1)));
+        shared.stats.insert(id, ActorStats::default());
         Wiring {
             id,
-            data_rx,
-            control_rx,
+            data_rx: mailboxes.data_rx,
+            control_rx: mailboxes.control_rx,
             outgoing,
-            events_tx,
-            replies_tx,
-            stats,
-            delay,
+            events_tx: shared.events_tx.clone(),
+            replies_tx: shared.replies_tx.clone(),
+            stats: Arc::clone(&shared.stats),
+            delay: shared.delay.map(seeded),
             sent: 0,
             received: 0,
         }
@@ -116,7 +127,13 @@ impl<A: NdFloat> Wiring<A> {
             if let Some(mut stats) = self.stats.get_mut(&self.id) {
                 stats.sent += 1;
             }
-            trace!(from = self.id, to = out.edge.to, kind = kind.name(), batch, "message");
+            trace!(
+                from = self.id,
+                to = out.edge.to,
+                kind = kind.name(),
+                batch,
+                "message"
+            );
             match &mut self.delay {
                 Some((max, rng)) => {
                     let wait = rng.random_range(0..=max.as_micros() as u64);
@@ -149,8 +166,13 @@ impl<A: NdFloat> Wiring<A> {
 
     fn answer_probe(&self, wave: u64, settled: bool) {
         let settled = settled && self.data_rx.is_empty();
-        let reply =
-            ProbeReply { actor: self.id, wave, sent: self.sent, received: self.received, settled };
+        let reply = ProbeReply {
+            actor: self.id,
+            wave,
+            sent: self.sent,
+            received: self.received,
+            settled,
+        };
         let _ = self.events_tx.send(DetectorEvent::Reply(reply));
     }
 
@@ -284,7 +306,11 @@ where
                 let _ = self.wiring.replies_tx.send(Reply::Ready(self.wiring.id));
             }
             Control::Probe { wave } => self.wiring.answer_probe(wave, self.settled),
-            Control::Finish { rate, reseed, return_state } => self.finish(rate, reseed, return_state),
+            Control::Finish {
+                rate,
+                reseed,
+                return_state,
+            } => self.finish(rate, reseed, return_state),
             Control::Stop => return false,
         }
         true
@@ -300,7 +326,10 @@ where
             MessageKind::StateUp => &mut self.below,
             MessageKind::PredictionDown => &mut self.above,
         };
-        if slot.as_ref().is_some_and(|(sequence, _)| *sequence >= message.sequence) {
+        if slot
+            .as_ref()
+            .is_some_and(|(sequence, _)| *sequence >= message.sequence)
+        {
             return;
         }
         *slot = Some((message.sequence, message.payload));
@@ -313,7 +342,9 @@ where
 
     /// Sets the feed-forward starting state and announces it.
     fn start(&mut self) {
-        let Some((_, below)) = &self.below else { return };
+        let Some((_, below)) = &self.below else {
+            return;
+        };
         self.layer.start(below.view());
         self.started = true;
         self.announce(None);
@@ -325,12 +356,18 @@ where
         let batch = self.batch;
         let state = Arc::new(self.layer.x.clone());
         self.wiring.send(MessageKind::StateUp, batch, &state);
-        if self.wiring.outgoing.iter().any(|o| o.edge.kind == MessageKind::PredictionDown) {
+        if self
+            .wiring
+            .outgoing
+            .iter()
+            .any(|o| o.edge.kind == MessageKind::PredictionDown)
+        {
             let p = match prediction_now {
                 Some(p) => p.clone(),
                 None => prediction(self.layer.x.view(), self.layer.w.view()),
             };
-            self.wiring.send(MessageKind::PredictionDown, batch, &Arc::new(p));
+            self.wiring
+                .send(MessageKind::PredictionDown, batch, &Arc::new(p));
         }
     }
 
@@ -377,7 +414,10 @@ where
     /// equation 1 to this layer's synapses.
     fn finish(&mut self, rate: f64, reseed: bool, return_state: bool) {
         let Some(eval) = self.evaluate() else {
-            let _ = self.wiring.replies_tx.send(Reply::Finished(Box::new(self.empty_summary())));
+            let _ = self
+                .wiring
+                .replies_tx
+                .send(Reply::Finished(Box::new(self.empty_summary())));
             return;
         };
         let to_f64 = |v: &A| v.to_f64().unwrap_or(f64::NAN);
@@ -385,7 +425,10 @@ where
         let reconstruction = match below {
             Some(below) => {
                 let r = &**below - &eval.prediction;
-                r.rows().into_iter().map(|row| 0.5 * to_f64(&row.dot(&row))).collect()
+                r.rows()
+                    .into_iter()
+                    .map(|row| 0.5 * to_f64(&row.dot(&row)))
+                    .collect()
             }
             None => Vec::new(),
         };
@@ -414,7 +457,10 @@ where
             }
         }
         summary.weights = Some(Arc::new(self.layer.w.clone()));
-        let _ = self.wiring.replies_tx.send(Reply::Finished(Box::new(summary)));
+        let _ = self
+            .wiring
+            .replies_tx
+            .send(Reply::Finished(Box::new(summary)));
     }
 
     fn empty_summary(&self) -> LayerSummary<A> {

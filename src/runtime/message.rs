@@ -30,12 +30,19 @@ pub enum Control<A> {
     /// Begins relaxation `batch`; layer actors forget their neighbour views
     /// and reply [`Reply::Ready`]. The input actor gets the batch's `x_0`
     /// and sends it.
-    Start { batch: u64, input: Option<Arc<Array2<A>>> },
+    Start {
+        batch: u64,
+        input: Option<Arc<Array2<A>>>,
+    },
     /// Asks for the actor's counters and settled flag for wave `wave`.
     Probe { wave: u64 },
     /// Applies equation 1 with this learning rate (0 to only report), then
     /// reseeds unused units when `reseed` is set, and replies with a summary.
-    Finish { rate: f64, reseed: bool, return_state: bool },
+    Finish {
+        rate: f64,
+        reseed: bool,
+        return_state: bool,
+    },
     /// Ends the actor's task.
     Stop,
 }

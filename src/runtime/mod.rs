@@ -47,7 +47,7 @@ pub use actor::{ActorStats, DelayConfig, LiveStats};
 pub use message::LayerSummary;
 pub use topology::{ActorId, Edge, MessageKind, Role, Topology};
 
-use actor::{LayerActor, Outgoing, Wiring};
+use actor::{LayerActor, Mailboxes, Outgoing, Shared, Wiring};
 use message::{Control, Reply};
 
 use crate::model::Network;
@@ -127,6 +127,12 @@ where
         let (events_tx, events_rx) = unbounded();
         let (replies_tx, replies_rx) = unbounded();
         let stats: LiveStats = Arc::new(DashMap::new());
+        let shared = Shared {
+            events_tx,
+            replies_tx,
+            stats: Arc::clone(&stats),
+            delay: config.delay,
+        };
         let mut data_txs = Vec::new();
         let mut data_rxs = Vec::new();
         let mut control_txs = Vec::new();
@@ -143,18 +149,19 @@ where
         for (id, role) in topology.roles.iter().enumerate() {
             let outgoing = topology
                 .outgoing(id)
-                .map(|&edge| Outgoing { edge, data_tx: data_txs[edge.to].clone(), sequence: 0 })
+                .map(|&edge| Outgoing {
+                    edge,
+                    data_tx: data_txs[edge.to].clone(),
+                    sequence: 0,
+                })
                 .collect();
-            let wiring = Wiring::new(
-                id,
-                data_rxs[id].take().expect("one mailbox per actor"),
-                control_rxs[id].take().expect("one control channel per actor"),
-                outgoing,
-                events_tx.clone(),
-                replies_tx.clone(),
-                Arc::clone(&stats),
-                config.delay,
-            );
+            let mailboxes = Mailboxes {
+                data_rx: data_rxs[id].take().expect("one mailbox per actor"),
+                control_rx: control_rxs[id]
+                    .take()
+                    .expect("one control channel per actor"),
+            };
+            let wiring = Wiring::new(id, mailboxes, outgoing, &shared);
             let span = debug_span!("actor", id, role = %role);
             match role {
                 Role::Input => {
@@ -169,6 +176,7 @@ where
         }
         // Each actor holds the senders of its neighbours' mailboxes; ours go.
         drop(data_txs);
+        drop(shared);
         let control_txs = Arc::new(control_txs);
         let probe_txs = Arc::clone(&control_txs);
         let probe = Box::new(move |actor: ActorId, wave: u64| {
@@ -216,7 +224,10 @@ where
         let input = Arc::new(x0);
         for (id, role) in self.topology.roles.iter().enumerate() {
             if *role == Role::Input {
-                let start = Control::Start { batch, input: Some(Arc::clone(&input)) };
+                let start = Control::Start {
+                    batch,
+                    input: Some(Arc::clone(&input)),
+                };
                 if self.control_txs[id].send(start).is_err() {
                     return Err(RuntimeError::ActorLost { actor: id });
                 }
@@ -239,18 +250,31 @@ where
         }
         layers.sort_by_key(|s| s.layer);
         let report = report_from(&layers, self.config.relax.tolerance, detection.messages);
-        debug!(batch, waves = detection.waves, messages = detection.messages, "batch done");
-        Ok(BatchResult { report, detection, layers })
+        debug!(
+            batch,
+            waves = detection.waves,
+            messages = detection.messages,
+            "batch done"
+        );
+        Ok(BatchResult {
+            report,
+            detection,
+            layers,
+        })
     }
 
     fn control(&self, id: ActorId, control: Control<A>) -> Result<(), RuntimeError> {
-        self.control_txs[id].send(control).map_err(|_| RuntimeError::ActorLost { actor: id })
+        self.control_txs[id]
+            .send(control)
+            .map_err(|_| RuntimeError::ActorLost { actor: id })
     }
 
     fn reply(&self) -> Result<Reply<A>, RuntimeError> {
         self.replies_rx
             .recv_timeout(self.config.timeout)
-            .map_err(|_| RuntimeError::NoReply { seconds: self.config.timeout.as_secs_f64() })
+            .map_err(|_| RuntimeError::NoReply {
+                seconds: self.config.timeout.as_secs_f64(),
+            })
     }
 
     /// Stops every actor and the tokio runtime.
@@ -284,10 +308,18 @@ pub fn report_from<A>(layers: &[LayerSummary<A>], tolerance: f64, messages: u64)
     } else {
         Outcome::Converged
     };
-    let rows = layers.iter().map(|l| l.row_residual.len()).max().unwrap_or(0);
+    let rows = layers
+        .iter()
+        .map(|l| l.row_residual.len())
+        .max()
+        .unwrap_or(0);
     let rows_above_tolerance = (0..rows)
         .filter(|&b| {
-            layers.iter().any(|l| l.row_residual.get(b).is_some_and(|&r| !(r < tolerance)))
+            layers.iter().any(|l| {
+                l.row_residual
+                    .get(b)
+                    .is_some_and(|&r| r >= tolerance || r.is_nan())
+            })
         })
         .count();
     let max_residual = layers

@@ -70,9 +70,17 @@ impl Topology {
         roles.extend((1..=layers).map(Role::Layer));
         let mut edges = Vec::new();
         for i in 0..layers {
-            edges.push(Edge { from: i, to: i + 1, kind: MessageKind::StateUp });
+            edges.push(Edge {
+                from: i,
+                to: i + 1,
+                kind: MessageKind::StateUp,
+            });
             if i > 0 {
-                edges.push(Edge { from: i + 1, to: i, kind: MessageKind::PredictionDown });
+                edges.push(Edge {
+                    from: i + 1,
+                    to: i,
+                    kind: MessageKind::PredictionDown,
+                });
             }
         }
         Topology { roles, edges }
@@ -90,7 +98,9 @@ impl Topology {
 
     /// Returns whether `from` may send a message of `kind` to `to`.
     pub fn connects(&self, from: ActorId, to: ActorId, kind: MessageKind) -> bool {
-        self.edges.iter().any(|e| e.from == from && e.to == to && e.kind == kind)
+        self.edges
+            .iter()
+            .any(|e| e.from == from && e.to == to && e.kind == kind)
     }
 }
 
