@@ -38,9 +38,12 @@
 //!   `h = 1e-6` that made 4 of 1000 (8-6-5) and 26 of 1000 (8-6-5-4) seeds fail
 //!   the 1e-5 threshold. At `h = 1e-5` none did, and the worst relative error
 //!   was 2.9e-6.
-//! - With a relative-error floor of 1e-8, entries below 1e-5, whose error is
-//!   mostly that round-off, failed 3 and 8 of the 1000 seeds at `h = 1e-5`
-//!   (worst 1.85e-4). Hence [`RELATIVE_ERROR_FLOOR`] of 1e-5.
+//! - The relative error uses the floor 1e-8 ([`RELATIVE_ERROR_FLOOR`]), as
+//!   the check's output contract defines it. Entries below about 1e-6 then
+//!   compare mostly that round-off: 3 of the 1000 seeds of 8-6-5 and 8 of
+//!   8-6-5-4 fail at `h = 1e-5` (worst 1.85e-4) although equation 1 holds
+//!   there. A floor of 1e-5 would pass all 2000; a failing seed is worth
+//!   re-running with another seed before suspecting the network.
 //!
 //! Limits: the Jacobian is dense, so one re-solve costs `O(N³)` with
 //! `N = Σ n_i + 1`, and a check re-solves twice per weight entry. It is meant
@@ -63,10 +66,9 @@ use crate::solver::{Solver, max_residual};
 pub const PASS_THRESHOLD: f64 = 1e-5;
 
 /// Floor of the denominator of a relative error: gradients smaller than this
-/// compare by their absolute difference, which must then be below 1e-10 to
-/// pass. It is sized by the round-off of the finite difference, not by
-/// equation 1 (see the module docs).
-pub const RELATIVE_ERROR_FLOOR: f64 = 1e-5;
+/// compare by their absolute difference. Round-off of the finite difference
+/// can exceed it for tiny entries (see the module docs).
+pub const RELATIVE_ERROR_FLOOR: f64 = 1e-8;
 
 /// Residual at which the projected-gradient stage hands over to Newton.
 pub const RELAX_TOLERANCE: f64 = 1e-9;

@@ -2,7 +2,7 @@
 //! waves (F. Mattern, "Algorithms for distributed termination detection",
 //! Distributed Computing 2, 1987).
 //!
-//! The detector sees only counts and flags: each actor keeps the number of
+//! The detector reads only counts and flags: each actor keeps the number of
 //! data messages it has sent and the number it has taken out of its mailbox,
 //! and answers a probe with both and its settled flag. A wave probes every
 //! actor and waits for all answers. Quiescence is declared after two
@@ -31,12 +31,12 @@ use tracing::{debug, trace};
 use crate::runtime::message::{DetectorEvent, ProbeReply};
 use crate::runtime::topology::ActorId;
 
-/// Why no quiescence was detected.
+/// Reasons no quiescence was detected.
 #[derive(Debug, Error, PartialEq)]
 pub enum DetectorError {
     #[error("relaxation did not become quiescent within {seconds:.1} s")]
     TimedOut { seconds: f64 },
-    #[error("actor {actor} stopped answering (its task ended or panicked)")]
+    #[error("actor {actor} is not responding (its task ended or panicked)")]
     ActorLost { actor: ActorId },
     #[error("the detector's event channel closed")]
     Disconnected,

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-/// How a relaxation is run and when it stops.
+/// Settings of a relaxation: its stopping rule and step size.
 #[derive(Clone, Copy, Debug)]
 pub struct RelaxConfig {
     /// A row of a layer is settled when its projected-gradient residual
@@ -32,7 +32,7 @@ impl Default for RelaxConfig {
     }
 }
 
-/// How a relaxation ended.
+/// The end state of a relaxation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -44,7 +44,7 @@ pub enum Outcome {
     Diverged,
 }
 
-/// What one relaxation measured.
+/// Measurements of one relaxation.
 #[derive(Clone, Debug, Serialize)]
 pub struct RelaxReport {
     pub outcome: Outcome,

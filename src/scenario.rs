@@ -28,8 +28,15 @@ pub enum ScenarioError {
         line: usize,
         message: String,
     },
-    #[error("{path}: {message}")]
-    Schema { path: PathBuf, message: String },
+    /// A key or value that does not fit the schema. `key` is the dotted key
+    /// of the offending value, or of the section holding an unknown key; it is
+    /// `None` for a problem at the top level.
+    #[error("{}: {}{message}", .path.display(), in_key(.key))]
+    Schema {
+        path: PathBuf,
+        key: Option<String>,
+        message: String,
+    },
     #[error("{path}: invalid value {value} for key `{key}`: {expected}")]
     OutOfRange {
         path: PathBuf,
@@ -250,18 +257,14 @@ impl Scenario {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| ScenarioError::Syntax {
             path: path.to_owned(),
             line: line_of(text, e.span()),
-            message: e.message().trim().to_owned(),
+            message: one_line(e.message()),
         })?;
         for text in overrides {
             apply_override(&mut table, text)?;
         }
-        let scenario: Scenario =
-            table
-                .try_into()
-                .map_err(|e: toml::de::Error| ScenarioError::Schema {
-                    path: path.to_owned(),
-                    message: e.message().trim().replace('\n', " "),
-                })?;
+        let scenario: Scenario = table
+            .try_into()
+            .map_err(|e: toml::de::Error| schema_error(path, &e))?;
         scenario.validate(path)?;
         Ok(scenario)
     }
@@ -427,6 +430,41 @@ fn parse_value(raw: &str) -> toml::Value {
             .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
         Err(_) => toml::Value::String(raw.to_owned()),
     }
+}
+
+/// Converts a deserialization error into [`ScenarioError::Schema`], keeping
+/// the dotted key of the offending value.
+fn schema_error(path: &Path, error: &toml::de::Error) -> ScenarioError {
+    // NOTE: toml 1.2 exposes the key path only through `Display`, as a last
+    // line "in `train.batch_size`", which it writes when the error has no
+    // span in a source text (as here, deserializing a `Table`).
+    // `tests/scenario.rs` checks that the key still comes through.
+    let key = error.to_string().lines().rev().find_map(|line| {
+        let key = line.trim().strip_prefix("in `")?.strip_suffix('`')?;
+        Some(key.to_owned())
+    });
+    ScenarioError::Schema {
+        path: path.to_owned(),
+        key,
+        message: one_line(error.message()),
+    }
+}
+
+/// Formats the key part of a schema message: "in `relax`: " or nothing.
+fn in_key(key: &Option<String>) -> String {
+    key.as_ref()
+        .map(|key| format!("in `{key}`: "))
+        .unwrap_or_default()
+}
+
+/// Joins the lines of a parser message, so every error prints on one line.
+fn one_line(message: &str) -> String {
+    message
+        .trim()
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> usize {

@@ -126,7 +126,7 @@ fn detector_never_fires_with_messages_in_flight() {
                 panic!("relaxation {relaxation}: {e}; stats {v:?}");
             }
         };
-        // Read the live counters the detector never sees: at detection every
+        // Read the live counters the detector never reads: at detection every
         // message sent must have been taken and every actor settled.
         let sent: u64 = stats.iter().map(|e| e.sent).sum();
         let received: u64 = stats.iter().map(|e| e.received).sum();

@@ -43,8 +43,8 @@ pub struct Layer<A> {
     lipschitz: A,
 }
 
-/// What one evaluation of a layer computes: the messages it sends and the
-/// residuals that decide whether it is settled.
+/// The result of evaluating a layer: the messages it sends and the residuals
+/// that decide whether it is settled.
 #[derive(Clone, Debug)]
 pub struct LayerEval<A> {
     /// `p_i = x_i W_i^T`, sent down to layer i−1.
@@ -216,9 +216,9 @@ impl<A: NdFloat> Layer<A> {
     /// `lambda += eta (‖p_1‖ − 1)` on layer 1. Returns how many rows moved.
     ///
     /// The per-row step is `eta = step_scale / (max(1, |c|) ‖W_i‖² + h)` with
-    /// `c = 1 + lambda/‖p_1‖` on layer 1 and `c = 1` elsewhere: the inverse of
-    /// a bound on the curvature of V in `x_i`, where `h` is 1 when a layer above
-    /// adds `½‖x_i − p_{i+1}‖²` and 0 for the top layer.
+    /// `c = 1 + lambda/‖p_1‖` on layer 1 and `c = 1` elsewhere. It is the
+    /// inverse of a bound on the curvature of V in `x_i`. `h` is 1 when a
+    /// layer above adds `½‖x_i − p_{i+1}‖²`, and 0 for the top layer.
     pub fn step(&mut self, eval: &LayerEval<A>, tolerance: A) -> usize {
         let mut moved = 0;
         let identity_term = if self.has_above { A::one() } else { A::zero() };

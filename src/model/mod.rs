@@ -231,7 +231,7 @@ mod tests {
     use ndarray::array;
 
     #[test]
-    fn projected_residual_is_gradient_inside_and_state_at_bound() {
+    fn projected_residual_inside_and_at_bound() {
         let x = array![[1.0, 0.0, 0.0]];
         let g = array![[0.25, 2.0, -0.5]];
         let r = projected_residual(x.view(), g.view());

@@ -1,6 +1,6 @@
 //! The actor tasks: one per layer and one for the clamped input. A layer actor
-//! owns its [`Layer`] (state, synapses, lambda) and sees the rest of the
-//! network only through the data messages in its mailbox.
+//! owns its [`Layer`] (state, synapses, lambda) and reads the rest of the
+//! network only from the data messages in its mailbox.
 //!
 //! Invariant: an actor's settled flag turns false only when it takes a data
 //! message out of its mailbox, and a settled actor sends nothing. The
@@ -58,8 +58,8 @@ pub(super) struct Mailboxes<A> {
     pub control_rx: UnboundedReceiver<Control<A>>,
 }
 
-/// What every actor gets a handle to: the detector's and the driver's
-/// channels, the live counters and the delay model.
+/// Handles every actor gets: the detector's and the driver's channels, the
+/// live counters and the delay model.
 pub(super) struct Shared<A> {
     pub events_tx: Sender<DetectorEvent>,
     pub replies_tx: Sender<Reply<A>>,
@@ -76,7 +76,7 @@ pub(super) struct Wiring<A> {
     /// Control messages; handled before any queued data message.
     pub control_rx: UnboundedReceiver<Control<A>>,
     pub outgoing: Vec<Outgoing<A>>,
-    /// Hints and probe answers to the detector.
+    /// Hints and probe replies to the detector.
     pub events_tx: Sender<DetectorEvent>,
     /// Readiness and summaries to the driver.
     pub replies_tx: Sender<Reply<A>>,
@@ -276,7 +276,7 @@ where
                     Some(message) => {
                         self.accept(message);
                         if self.settled {
-                            // A stale message changed nothing; say so.
+                            // A stale message changed nothing, so the actor is still settled.
                             self.wiring.hint();
                         }
                     }

@@ -9,7 +9,7 @@ use ndarray::Array2;
 use super::topology::{ActorId, MessageKind};
 use crate::relaxation::Outcome;
 
-/// A value sent along an edge of the topology. The payload holds a whole
+/// A value sent along an edge of the topology. The payload contains a whole
 /// mini-batch, one row per image, and is shared, never copied.
 #[derive(Clone, Debug)]
 pub struct DataMessage<A> {
@@ -47,7 +47,7 @@ pub enum Control<A> {
     Stop,
 }
 
-/// What an actor reports to a detector probe: counts and a flag, no values.
+/// An actor's reply to a detector probe: counts and a flag, no values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeReply {
     pub actor: ActorId,

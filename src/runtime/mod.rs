@@ -21,9 +21,9 @@
 //! - **Quiescent.** Every actor settled and no data message in flight, as
 //!   established by [`crate::quiescence::Detector`]. That state is stable, so
 //!   the states read after detection are the output state.
-//! - **Failure.** A panicking actor ends its task and drops its channels; the
-//!   detector then reports it as lost within its timeout, and the driver
-//!   returns an error. No relaxation waits forever: the detector has a
+//! - **Failure.** A panicking actor ends its task and drops its channels. The
+//!   detector then reports it as lost, or times out, and the driver returns
+//!   an error. No relaxation waits forever: the detector has a
 //!   wall-clock limit.
 //! - **Shutdown.** [`ActorNetwork::shutdown`] (also run on drop) sends `Stop`
 //!   to every actor and shuts the tokio runtime down; messages still queued
@@ -79,7 +79,7 @@ pub struct RuntimeConfig {
     pub delay: Option<DelayConfig>,
 }
 
-/// What to do at the output state of a batch.
+/// Actions taken at the output state of a batch.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BatchOptions {
     /// Equation-1 learning rate; 0 relaxes without learning.
@@ -174,7 +174,8 @@ where
                 }
             }
         }
-        // Each actor holds the senders of its neighbours' mailboxes; ours go.
+        // The actors own the senders of their neighbours' mailboxes, so the
+        // driver drops its copies.
         drop(data_txs);
         drop(shared);
         let control_txs = Arc::new(control_txs);
@@ -201,7 +202,7 @@ where
     }
 
     /// Relaxes the network on `x0` (one image per row), waits for the
-    /// quiescent output state, then lets every layer learn as `options` say.
+    /// quiescent output state, then lets every layer learn as `options` request.
     pub fn run_batch(
         &mut self,
         x0: Array2<A>,

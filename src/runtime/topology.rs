@@ -8,7 +8,7 @@ use std::fmt;
 /// Index of an actor in [`Topology::roles`].
 pub type ActorId = usize;
 
-/// What an actor simulates.
+/// The part of the network an actor simulates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     /// The clamped input `x_0`: sends it once per batch, receives nothing.
@@ -63,8 +63,8 @@ pub struct Topology {
 impl Topology {
     /// Builds the layer-granularity graph of a network with `layers` hidden
     /// layers: actor 0 is the input and actor i is layer i. Each layer sends
-    /// its state up and its prediction down; the input only sends, because it
-    /// is clamped and layer 1 owns lambda, so no prediction goes down to it.
+    /// its state up and its prediction down. The input only sends: it is
+    /// clamped and layer 1 owns lambda, so no prediction goes down to it.
     pub fn layered(layers: usize) -> Self {
         let mut roles = vec![Role::Input];
         roles.extend((1..=layers).map(Role::Layer));

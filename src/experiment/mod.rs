@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array2, Axis, concatenate, s};
 use serde::Serialize;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::data::{Dataset, default_cache_dir, load_splits};
 use crate::error::Error;
@@ -28,10 +28,14 @@ use crate::runtime::{ActorNetwork, BatchOptions, RuntimeConfig};
 use crate::scenario::{EncodeSchedule, Scenario};
 use crate::solver::Solver;
 
+mod train;
+
+use train::train;
+
 /// Tiles per row of the projective-field figure.
 const FIGURE_TILES: usize = 32;
 
-/// How a run ended, as written to `summary.json`.
+/// The end state of a run, as written to `summary.json`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -213,7 +217,9 @@ fn check_sizes(scenario: &Scenario, train: &Dataset, test: &Dataset) -> Result<(
         )));
     }
     if train.is_empty() || test.is_empty() {
-        return Err(Error::Mismatch("the data directory holds no images".into()));
+        return Err(Error::Mismatch(
+            "the data directory contains no images".into(),
+        ));
     }
     Ok(())
 }
@@ -228,186 +234,6 @@ pub fn unit_rows(images: &Array2<f32>) -> Array2<f32> {
         }
     }
     out
-}
-
-type TrainFailure = (Option<Network<f32>>, Status, String);
-
-/// Trains with the actors; on failure returns the last good weights, the
-/// status and a message.
-fn train(
-    scenario: &Scenario,
-    train_set: &Dataset,
-    network: Network<f32>,
-    summary: &mut Summary,
-    interrupted: &AtomicBool,
-    options: &RunOptions,
-) -> Result<Option<Network<f32>>, TrainFailure> {
-    let t = &scenario.train;
-    let images = summary.train_images;
-    let batches_per_epoch = images.div_ceil(t.batch_size);
-    let total = batches_per_epoch * t.epochs;
-    let config = RuntimeConfig {
-        relax: scenario.relax.config(),
-        timeout: Duration::from_secs_f64(scenario.relax.timeout_seconds),
-        workers: scenario.runtime.workers,
-        delay: None,
-    };
-    let mut actors = match ActorNetwork::spawn(&network, config) {
-        Ok(actors) => actors,
-        Err(e) => return Err((Some(network), Status::Diverged, e.to_string())),
-    };
-    info!(
-        batches = total,
-        batch_size = t.batch_size,
-        "training with layer actors"
-    );
-    let bar = progress(options.progress, total as u64, "train");
-    let stats = actors.stats();
-    let layers = scenario.network.layers.len() - 1;
-    let mut weights: Vec<Array2<f32>> = network.weights.clone();
-    let mut updates = Vec::new();
-    let mut layer_updates = vec![0usize; layers];
-    let mut reconstruction = Vec::new();
-    summary.reseeded_units = vec![0; layers];
-    let mut csv = String::from("batch,rate,updates,messages,max_residual,outcome,reconstruction\n");
-    let started = Instant::now();
-    let mut failure = None;
-    'epochs: for epoch in 0..t.epochs {
-        for b in 0..batches_per_epoch {
-            if interrupted.load(Ordering::SeqCst) {
-                failure = Some((Status::Interrupted, "interrupted".to_owned()));
-                break 'epochs;
-            }
-            let k = epoch * batches_per_epoch + b;
-            let rows = b * t.batch_size..((b + 1) * t.batch_size).min(images);
-            let x0 = unit_rows(&train_set.images.slice(s![rows, ..]).to_owned());
-            let rate = t.learning_rate / (1.0 + k as f64 / t.rate_decay_batches);
-            let reseed = t.reseed_every > 0 && (k + 1).is_multiple_of(t.reseed_every);
-            let batch_options = BatchOptions {
-                rate,
-                reseed,
-                return_state: false,
-            };
-            let result = match actors.run_batch(x0, batch_options) {
-                Ok(result) => result,
-                Err(e) => {
-                    failure = Some((Status::Diverged, format!("batch {k}: {e}")));
-                    break 'epochs;
-                }
-            };
-            let report = &result.report;
-            debug!(batch = k, updates = report.updates(), messages = report.messages,
-                residual = report.max_residual, outcome = ?report.outcome, "relaxation");
-            if report.outcome == Outcome::Diverged {
-                failure = Some((
-                    Status::Diverged,
-                    format!(
-                        "training diverged at batch {k} (residual {:.3e}); lower relax.step_scale or train.learning_rate",
-                        report.max_residual
-                    ),
-                ));
-                break 'epochs;
-            }
-            let mean_reconstruction = mean(&result.layers[0].reconstruction);
-            if !mean_reconstruction.is_finite()
-                || result.layers.iter().any(|l| {
-                    l.weights
-                        .as_ref()
-                        .is_some_and(|w| !w.iter().all(|v| v.is_finite()))
-                })
-            {
-                failure = Some((
-                    Status::Diverged,
-                    format!(
-                        "training diverged at batch {k}: weights became NaN or infinite; lower train.learning_rate"
-                    ),
-                ));
-                break 'epochs;
-            }
-            for (i, layer) in result.layers.iter().enumerate() {
-                if let Some(w) = &layer.weights {
-                    weights[i] = (**w).clone();
-                }
-                layer_updates[i] += layer.updates;
-                summary.reseeded_units[i] += layer.reseeded.len();
-            }
-            record(summary, report);
-            updates.push(report.updates());
-            reconstruction.push(mean_reconstruction);
-            csv.push_str(&format!(
-                "{k},{rate},{},{},{},{:?},{mean_reconstruction}\n",
-                report.updates(),
-                report.messages,
-                report.max_residual,
-                report.outcome
-            ));
-            let sent: u64 = stats.iter().map(|e| e.sent).sum();
-            let seconds = started.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!(
-                "{:.0} msg/s, {:.0} updates/relaxation",
-                sent as f64 / seconds,
-                mean_usize(&updates)
-            ));
-            bar.inc(1);
-            let capped_limit = (t.max_capped_fraction * total as f64).floor() as usize;
-            if summary.relaxations_at_cap > capped_limit {
-                failure = Some((
-                    Status::TooManyCapped,
-                    format!(
-                        "{} of {} relaxations reached relax.max_steps = {} (limit {:.0}%); raise relax.max_steps or relax.tolerance",
-                        summary.relaxations_at_cap,
-                        summary.relaxations,
-                        scenario.relax.max_steps,
-                        t.max_capped_fraction * 100.0
-                    ),
-                ));
-                break 'epochs;
-            }
-        }
-    }
-    bar.finish_and_clear();
-    actors.shutdown();
-    summary.updates_mean = mean_usize(&updates);
-    summary.updates_max = updates.iter().copied().max().unwrap_or(0);
-    summary.layer_updates_mean = layer_updates
-        .iter()
-        .map(|&u| u as f64 / updates.len().max(1) as f64)
-        .collect();
-    let tenth = (reconstruction.len() / 10).max(1);
-    if !reconstruction.is_empty() {
-        summary.reconstruction_first = Some(mean(&reconstruction[..tenth]));
-        summary.reconstruction_last = Some(mean(&reconstruction[reconstruction.len() - tenth..]));
-    }
-    summary.training_csv = csv;
-    let trained = Network {
-        weights,
-        alpha: network.alpha.clone(),
-    };
-    info!(
-        relaxations = summary.relaxations,
-        updates_mean = summary.updates_mean,
-        at_cap = summary.relaxations_at_cap,
-        seconds = started.elapsed().as_secs_f64(),
-        "training done"
-    );
-    match failure {
-        None => Ok(Some(trained)),
-        Some((status, message)) => Err((Some(trained), status, message)),
-    }
-}
-
-fn record(summary: &mut Summary, report: &RelaxReport) {
-    summary.relaxations += 1;
-    summary.messages_total += report.messages;
-    summary.max_residual = summary.max_residual.max(report.max_residual);
-    summary.max_constraint_violation = summary
-        .max_constraint_violation
-        .max(report.max_constraint_violation);
-    summary.rows_above_tolerance += report.rows_above_tolerance;
-    summary.blank_images += report.blank_rows;
-    if report.outcome == Outcome::Capped {
-        summary.relaxations_at_cap += 1;
-    }
 }
 
 type Codes = (Array2<f32>, Array2<f32>, (f64, usize));
@@ -613,7 +439,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     })
 }
 
-fn progress(enabled: bool, total: u64, label: &str) -> ProgressBar {
+pub(crate) fn progress(enabled: bool, total: u64, label: &str) -> ProgressBar {
     if !enabled {
         return ProgressBar::hidden();
     }
@@ -627,7 +453,7 @@ fn progress(enabled: bool, total: u64, label: &str) -> ProgressBar {
     bar
 }
 
-fn mean(values: &[f64]) -> f64 {
+pub(crate) fn mean(values: &[f64]) -> f64 {
     if values.is_empty() {
         0.0
     } else {
@@ -635,7 +461,7 @@ fn mean(values: &[f64]) -> f64 {
     }
 }
 
-fn mean_usize(values: &[usize]) -> f64 {
+pub(crate) fn mean_usize(values: &[usize]) -> f64 {
     if values.is_empty() {
         0.0
     } else {

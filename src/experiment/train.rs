@@ -1,0 +1,244 @@
+//! The training phase of the main job: mini-batches relaxed by the layer
+//! actors, equation 1 applied at each detected output state, and the
+//! per-batch bookkeeping that `summary.json` and `training.csv` report.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ndarray::{Array2, s};
+use tracing::{debug, info};
+
+use super::{RunOptions, Status, Summary, mean, mean_usize, progress, unit_rows};
+use crate::data::Dataset;
+use crate::model::Network;
+use crate::relaxation::{Outcome, RelaxReport};
+use crate::runtime::{ActorNetwork, BatchOptions, BatchResult, RuntimeConfig};
+use crate::scenario::Scenario;
+
+/// The last good weights (if any), the status and a message.
+pub(super) type TrainFailure = (Option<Network<f32>>, Status, String);
+
+/// Trains with the actors; on failure returns the last good weights, the
+/// status and a message.
+pub(super) fn train(
+    scenario: &Scenario,
+    train_set: &Dataset,
+    network: Network<f32>,
+    summary: &mut Summary,
+    interrupted: &AtomicBool,
+    options: &RunOptions,
+) -> Result<Option<Network<f32>>, TrainFailure> {
+    let t = &scenario.train;
+    let images = summary.train_images;
+    let batches_per_epoch = images.div_ceil(t.batch_size);
+    let total = batches_per_epoch * t.epochs;
+    let config = RuntimeConfig {
+        relax: scenario.relax.config(),
+        timeout: Duration::from_secs_f64(scenario.relax.timeout_seconds),
+        workers: scenario.runtime.workers,
+        delay: None,
+    };
+    let mut actors = match ActorNetwork::spawn(&network, config) {
+        Ok(actors) => actors,
+        Err(e) => return Err((Some(network), Status::Diverged, e.to_string())),
+    };
+    info!(
+        batches = total,
+        batch_size = t.batch_size,
+        "training with layer actors"
+    );
+    let bar = progress(options.progress, total as u64, "train");
+    let stats = actors.stats();
+    let mut log = TrainingLog::new(network.weights.clone());
+    summary.reseeded_units = vec![0; network.weights.len()];
+    let started = Instant::now();
+    let mut failure = None;
+    'epochs: for epoch in 0..t.epochs {
+        for b in 0..batches_per_epoch {
+            if interrupted.load(Ordering::SeqCst) {
+                failure = Some((Status::Interrupted, "interrupted".to_owned()));
+                break 'epochs;
+            }
+            let k = epoch * batches_per_epoch + b;
+            let rows = b * t.batch_size..((b + 1) * t.batch_size).min(images);
+            let x0 = unit_rows(&train_set.images.slice(s![rows, ..]).to_owned());
+            let rate = t.learning_rate / (1.0 + k as f64 / t.rate_decay_batches);
+            let reseed = t.reseed_every > 0 && (k + 1).is_multiple_of(t.reseed_every);
+            let batch_options = BatchOptions {
+                rate,
+                reseed,
+                return_state: false,
+            };
+            let result = match actors.run_batch(x0, batch_options) {
+                Ok(result) => result,
+                Err(e) => {
+                    failure = Some((Status::Diverged, format!("batch {k} failed: {e}")));
+                    break 'epochs;
+                }
+            };
+            if let Some(message) = divergence(k, &result) {
+                failure = Some((Status::Diverged, message));
+                break 'epochs;
+            }
+            log.record(k, rate, &result, summary);
+
+            let sent: u64 = stats.iter().map(|e| e.sent).sum();
+            let seconds = started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "{:.0} msg/s, {:.0} updates/relaxation",
+                sent as f64 / seconds,
+                mean_usize(&log.updates)
+            ));
+            bar.inc(1);
+            if let Some(message) = too_many_capped(scenario, summary, total) {
+                failure = Some((Status::TooManyCapped, message));
+                break 'epochs;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    actors.shutdown();
+    let trained = log.finish(summary, network.alpha.clone());
+    info!(
+        relaxations = summary.relaxations,
+        updates_mean = summary.updates_mean,
+        at_cap = summary.relaxations_at_cap,
+        seconds = started.elapsed().as_secs_f64(),
+        "training done"
+    );
+    match failure {
+        None => Ok(Some(trained)),
+        Some((status, message)) => Err((Some(trained), status, message)),
+    }
+}
+
+/// Returns why a batch counts as diverged, if it does: a diverged
+/// relaxation, or a reconstruction error or weights that are not finite.
+fn divergence(k: usize, result: &BatchResult<f32>) -> Option<String> {
+    let report = &result.report;
+    debug!(batch = k, updates = report.updates(), messages = report.messages,
+        residual = report.max_residual, outcome = ?report.outcome, "relaxation");
+    if report.outcome == Outcome::Diverged {
+        return Some(format!(
+            "training diverged at batch {k} (residual {:.3e}); lower relax.step_scale or \
+             train.learning_rate",
+            report.max_residual
+        ));
+    }
+    let reconstruction_finite = mean(&result.layers[0].reconstruction).is_finite();
+    let weights_finite = result.layers.iter().all(|l| {
+        l.weights
+            .as_ref()
+            .is_none_or(|w| w.iter().all(|v| v.is_finite()))
+    });
+    if !(reconstruction_finite && weights_finite) {
+        return Some(format!(
+            "training diverged at batch {k}: weights became NaN or infinite; lower \
+             train.learning_rate"
+        ));
+    }
+    None
+}
+
+/// Returns the failure message once more relaxations reached the cap than
+/// `train.max_capped_fraction` of the planned ones allows.
+fn too_many_capped(scenario: &Scenario, summary: &Summary, total: usize) -> Option<String> {
+    let fraction = scenario.train.max_capped_fraction;
+    let limit = (fraction * total as f64).floor() as usize;
+    (summary.relaxations_at_cap > limit).then(|| {
+        format!(
+            "{} of {} relaxations reached relax.max_steps = {} (limit {:.0}% of {total}); raise \
+             relax.max_steps or relax.tolerance",
+            summary.relaxations_at_cap,
+            summary.relaxations,
+            scenario.relax.max_steps,
+            fraction * 100.0
+        )
+    })
+}
+
+/// Per-batch records of the training phase.
+struct TrainingLog {
+    /// The newest weights each layer reported, layer 1 first.
+    weights: Vec<Array2<f32>>,
+    /// Layer updates of every relaxation (all layers summed).
+    updates: Vec<usize>,
+    /// Per layer, the updates summed over all relaxations.
+    layer_updates: Vec<usize>,
+    /// Mean `½‖x_0 − W_1 x_1‖²` of every batch.
+    reconstruction: Vec<f64>,
+    csv: String,
+}
+
+impl TrainingLog {
+    fn new(weights: Vec<Array2<f32>>) -> Self {
+        let layers = weights.len();
+        TrainingLog {
+            weights,
+            updates: Vec::new(),
+            layer_updates: vec![0; layers],
+            reconstruction: Vec::new(),
+            csv: String::from("batch,rate,updates,messages,max_residual,outcome,reconstruction\n"),
+        }
+    }
+
+    /// Adds one finished batch to the log and to the summary's counters.
+    fn record(&mut self, k: usize, rate: f64, result: &BatchResult<f32>, summary: &mut Summary) {
+        for (i, layer) in result.layers.iter().enumerate() {
+            if let Some(w) = &layer.weights {
+                self.weights[i] = (**w).clone();
+            }
+            self.layer_updates[i] += layer.updates;
+            summary.reseeded_units[i] += layer.reseeded.len();
+        }
+        let report = &result.report;
+        add_report(summary, report);
+        let reconstruction = mean(&result.layers[0].reconstruction);
+        self.updates.push(report.updates());
+        self.reconstruction.push(reconstruction);
+        self.csv.push_str(&format!(
+            "{k},{rate},{},{},{},{:?},{reconstruction}\n",
+            report.updates(),
+            report.messages,
+            report.max_residual,
+            report.outcome
+        ));
+    }
+
+    /// Writes the aggregates into the summary and returns the trained network.
+    fn finish(self, summary: &mut Summary, alpha: Vec<f32>) -> Network<f32> {
+        let relaxations = self.updates.len().max(1) as f64;
+        summary.updates_mean = mean_usize(&self.updates);
+        summary.updates_max = self.updates.iter().copied().max().unwrap_or(0);
+        summary.layer_updates_mean = self
+            .layer_updates
+            .iter()
+            .map(|&u| u as f64 / relaxations)
+            .collect();
+        if !self.reconstruction.is_empty() {
+            let tenth = (self.reconstruction.len() / 10).max(1);
+            let last = self.reconstruction.len() - tenth;
+            summary.reconstruction_first = Some(mean(&self.reconstruction[..tenth]));
+            summary.reconstruction_last = Some(mean(&self.reconstruction[last..]));
+        }
+        summary.training_csv = self.csv;
+        Network {
+            weights: self.weights,
+            alpha,
+        }
+    }
+}
+
+fn add_report(summary: &mut Summary, report: &RelaxReport) {
+    summary.relaxations += 1;
+    summary.messages_total += report.messages;
+    summary.max_residual = summary.max_residual.max(report.max_residual);
+    summary.max_constraint_violation = summary
+        .max_constraint_violation
+        .max(report.max_constraint_violation);
+    summary.rows_above_tolerance += report.rows_above_tolerance;
+    summary.blank_images += report.blank_rows;
+    if report.outcome == Outcome::Capped {
+        summary.relaxations_at_cap += 1;
+    }
+}
