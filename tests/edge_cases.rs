@@ -128,3 +128,31 @@ fn stable_step_converges_where_unstable_diverges() {
     let report = solver.relax(inputs(4, 64, 3).view());
     assert_eq!(report.outcome, Outcome::Converged, "{report:?}");
 }
+
+#[test]
+fn unused_unit_is_reseeded_from_data() {
+    let mut network = network();
+    // Unit 3 of layer 1 points away from every non-negative input, so no
+    // image can use it.
+    let dead = 3;
+    let n = network.weights[0].nrows() as f32;
+    network.weights[0].column_mut(dead).fill(-1.0 / n.sqrt());
+    let config = RuntimeConfig {
+        relax: relax_config(0.9),
+        timeout: Duration::from_secs(30),
+        workers: 2,
+        delay: None,
+    };
+    let mut actors = ActorNetwork::spawn(&network, config).unwrap();
+    let quiet = BatchOptions { rate: 0.1, reseed: false, return_state: false };
+    let first = actors.run_batch(inputs(8, 64, 20), quiet).unwrap();
+    assert_eq!(first.layers[0].usage[dead], 0);
+    let reseed = BatchOptions { rate: 0.1, reseed: true, return_state: false };
+    let second = actors.run_batch(inputs(8, 64, 21), reseed).unwrap();
+    assert!(second.layers[0].reseeded.contains(&dead), "{:?}", second.layers[0].reseeded);
+    let w = second.layers[0].weights.as_ref().unwrap();
+    let column = w.column(dead);
+    let norm = column.dot(&column).sqrt();
+    assert!((norm - 1.0).abs() < 1e-5, "reseeded column norm {norm}");
+    assert!(column.iter().any(|&v| v > 0.0), "reseeded column still points away from the data");
+}
