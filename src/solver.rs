@@ -6,7 +6,7 @@
 //! Invariant: a row that is settled in every layer never moves again, so the
 //! code of an image depends only on that image, not on its batch.
 
-use ndarray::{ArrayView2, NdFloat};
+use ndarray::{Array1, Array2, ArrayView2, Axis, NdFloat};
 
 use crate::model::{Layer, LayerEval, Network, State, cast};
 use crate::relaxation::{Outcome, RelaxConfig, RelaxReport};
@@ -93,9 +93,16 @@ impl<A: NdFloat> Solver<A> {
 
     /// Iterates from the current state until every layer is settled, a layer
     /// reaches the step cap, or the residual diverges.
+    ///
+    /// Rows settled in every layer never move again, so once they make up a
+    /// quarter of the working set they are set aside and the remaining rows
+    /// iterate in smaller matrices. They are put back before returning.
     pub fn iterate(&mut self) -> RelaxReport {
         let tolerance: A = cast(self.config.tolerance);
         let mut updates = vec![0; self.layers.len()];
+        let full_input = self.input.clone();
+        let mut done = SetAside::new(&self.layers);
+        let mut rows: Vec<usize> = (0..self.input.nrows()).collect();
         let mut evals = self.evaluate_all();
         let start = max_residual(&evals).max(tolerance);
         let limit = start * cast(self.config.divergence_factor);
@@ -119,7 +126,18 @@ impl<A: NdFloat> Solver<A> {
                 }
             }
             evals = self.evaluate_all();
+            let settled: Vec<usize> = (0..rows.len())
+                .filter(|&b| evals.iter().all(|e| e.row_residual[b] < tolerance))
+                .collect();
+            if settled.len() * 4 >= rows.len() && settled.len() < rows.len() {
+                let keep = done.take(&mut self.layers, &settled, &mut rows);
+                self.input = self.input.select(Axis(0), &keep);
+                evals = evals.iter().map(|e| e.select_rows(&keep)).collect();
+            }
         }
+        done.restore(&mut self.layers, &rows);
+        self.input = full_input;
+        let evals = self.evaluate_all();
         let report = summarize(&evals, outcome, updates, tolerance, &self.layers[0], 0);
         self.evals = evals;
         report
@@ -188,5 +206,67 @@ pub fn summarize<A: NdFloat>(
         rows_above_tolerance,
         blank_rows: first.blank.iter().filter(|&&b| b).count(),
         messages,
+    }
+}
+
+/// Full-batch copies of every layer's state, into which rows are written as
+/// they are set aside.
+struct SetAside<A> {
+    x: Vec<Array2<A>>,
+    lambda: Option<Array1<A>>,
+    /// Every layer's blank-row flags, which do not change during iteration.
+    blank: Vec<Vec<bool>>,
+}
+
+impl<A: NdFloat> SetAside<A> {
+    fn new(layers: &[Layer<A>]) -> Self {
+        SetAside {
+            x: layers.iter().map(|l| l.x.clone()).collect(),
+            lambda: layers[0].lambda.clone(),
+            blank: layers.iter().map(|l| l.blank.clone()).collect(),
+        }
+    }
+
+    /// Copies the working rows `settled` into the full arrays, removes them
+    /// from the working set and from `rows` (working row to batch row), and
+    /// returns the working rows kept.
+    fn take(
+        &mut self,
+        layers: &mut [Layer<A>],
+        settled: &[usize],
+        rows: &mut Vec<usize>,
+    ) -> Vec<usize> {
+        self.copy_rows(layers, settled, rows);
+        let keep: Vec<usize> = (0..rows.len()).filter(|b| !settled.contains(b)).collect();
+        for layer in layers.iter_mut() {
+            layer.select_rows(&keep);
+        }
+        *rows = keep.iter().map(|&b| rows[b]).collect();
+        keep
+    }
+
+    /// Copies the remaining working rows back and gives the layers their
+    /// full-batch state again.
+    fn restore(mut self, layers: &mut [Layer<A>], rows: &[usize]) {
+        let all: Vec<usize> = (0..rows.len()).collect();
+        self.copy_rows(layers, &all, rows);
+        for ((layer, x), blank) in layers.iter_mut().zip(self.x).zip(self.blank) {
+            layer.x = x;
+            layer.blank = blank;
+        }
+        layers[0].lambda = self.lambda;
+    }
+
+    fn copy_rows(&mut self, layers: &[Layer<A>], working: &[usize], rows: &[usize]) {
+        for (full, layer) in self.x.iter_mut().zip(layers) {
+            for &b in working {
+                full.row_mut(rows[b]).assign(&layer.x.row(b));
+            }
+        }
+        if let (Some(full), Some(lambda)) = (self.lambda.as_mut(), layers[0].lambda.as_ref()) {
+            for &b in working {
+                full[rows[b]] = lambda[b];
+            }
+        }
     }
 }

@@ -144,15 +144,30 @@ fn unused_unit_is_reseeded_from_data() {
         delay: None,
     };
     let mut actors = ActorNetwork::spawn(&network, config).unwrap();
-    let quiet = BatchOptions { rate: 0.1, reseed: false, return_state: false };
+    let quiet = BatchOptions {
+        rate: 0.1,
+        reseed: false,
+        return_state: false,
+    };
     let first = actors.run_batch(inputs(8, 64, 20), quiet).unwrap();
     assert_eq!(first.layers[0].usage[dead], 0);
-    let reseed = BatchOptions { rate: 0.1, reseed: true, return_state: false };
+    let reseed = BatchOptions {
+        rate: 0.1,
+        reseed: true,
+        return_state: false,
+    };
     let second = actors.run_batch(inputs(8, 64, 21), reseed).unwrap();
-    assert!(second.layers[0].reseeded.contains(&dead), "{:?}", second.layers[0].reseeded);
+    assert!(
+        second.layers[0].reseeded.contains(&dead),
+        "{:?}",
+        second.layers[0].reseeded
+    );
     let w = second.layers[0].weights.as_ref().unwrap();
     let column = w.column(dead);
     let norm = column.dot(&column).sqrt();
     assert!((norm - 1.0).abs() < 1e-5, "reseeded column norm {norm}");
-    assert!(column.iter().any(|&v| v > 0.0), "reseeded column still points away from the data");
+    assert!(
+        column.iter().any(|&v| v > 0.0),
+        "reseeded column still points away from the data"
+    );
 }

@@ -9,7 +9,12 @@ fn interrupted_run_saves_and_exits_130() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ign"))
-        .args(["run", "scenarios/mnist-quick.toml", "--no-progress", "--out"])
+        .args([
+            "run",
+            "scenarios/mnist-quick.toml",
+            "--no-progress",
+            "--out",
+        ])
         .arg(&out)
         .env("IGN_CACHE_DIR", dir.path().join("cache"))
         .env("RUST_LOG", "info")
@@ -25,7 +30,10 @@ fn interrupted_run_saves_and_exits_130() {
             break;
         }
     }
-    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().unwrap();

@@ -274,8 +274,9 @@ fn malformed_overrides_are_rejected() {
         ("relax..tolerance=1", "empty key part"),
         ("seed.x=1", "`seed` is not a section"),
     ];
+    let text = format!("seed = 1\n{MINIMAL}");
     for (set, expected_reason) in cases {
-        let error = parse_err(MINIMAL, &[set]);
+        let error = parse_err(&text, &[set]);
         let ScenarioError::Override {
             ref text,
             ref reason,

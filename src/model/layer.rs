@@ -63,6 +63,18 @@ pub struct LayerEval<A> {
 }
 
 impl<A: NdFloat> LayerEval<A> {
+    /// Returns the evaluation restricted to the rows `keep`, in that order.
+    pub fn select_rows(&self, keep: &[usize]) -> LayerEval<A> {
+        LayerEval {
+            prediction: self.prediction.select(Axis(0), keep),
+            residual: self.residual.select(Axis(0), keep),
+            gradient: self.gradient.select(Axis(0), keep),
+            norms: self.norms.as_ref().map(|n| n.select(Axis(0), keep)),
+            row_residual: self.row_residual.select(Axis(0), keep),
+            constraint: self.constraint.select(Axis(0), keep),
+        }
+    }
+
     /// Returns the largest row residual.
     pub fn max_residual(&self) -> A {
         self.row_residual.fold(A::zero(), |m, &v| m.max(v))
@@ -267,6 +279,18 @@ impl<A: NdFloat> Layer<A> {
         }
         self.w.column_mut(k).assign(&seed.mapv(|v| v / norm));
         true
+    }
+
+    /// Keeps only the rows `keep` of the batch (state, lambda, blank flags),
+    /// in that order.
+    pub fn select_rows(&mut self, keep: &[usize]) {
+        self.x = self.x.select(Axis(0), keep);
+        if let Some(lambda) = &self.lambda {
+            self.lambda = Some(lambda.select(Axis(0), keep));
+        }
+        if !self.blank.is_empty() {
+            self.blank = keep.iter().map(|&b| self.blank[b]).collect();
+        }
     }
 
     /// Counts, per unit, the rows in which it is active (`x > 0`).
