@@ -4,11 +4,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use clap::builder::RangedU64ValueParser;
 use clap::{Parser, Subcommand};
 
 use crate::error::Error;
 use crate::experiment::{RunOptions, run};
 use crate::gradcheck::{self, GradientCheck};
+
+/// Largest integer a TOML file can contain (a TOML integer is an i64). The
+/// numeric flags become TOML overrides, so they are limited to it.
+const TOML_INTEGER_MAX: u64 = i64::MAX as u64;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,15 +35,16 @@ pub enum Command {
         /// Output directory [default: runs/<scenario file stem>].
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Seed of every random choice; overrides the scenario's `seed`.
-        #[arg(long)]
+        /// Seed of every random choice, at most 2^63 - 1; overrides the
+        /// scenario's `seed`.
+        #[arg(long, value_parser = RangedU64ValueParser::<u64>::new().range(..=TOML_INTEGER_MAX))]
         seed: Option<u64>,
         /// Directory of the four MNIST-format IDX files, gzipped or raw;
         /// overrides `data.dir`.
         #[arg(long)]
         data: Option<PathBuf>,
         /// Training images used for learning; overrides `data.train_images`.
-        #[arg(long)]
+        #[arg(long, value_parser = RangedU64ValueParser::<usize>::new().range(..=TOML_INTEGER_MAX))]
         train_images: Option<usize>,
         /// Sets any scenario key, e.g. `--set train.learning_rate=4`
         /// (repeatable; the value is TOML).

@@ -23,6 +23,11 @@ pub enum Error {
     Mismatch(String),
     #[error(transparent)]
     GradientCheck(#[from] GradientCheckError),
+    #[error("cannot create output directory {path}: {source}; pass --out DIR")]
+    OutputDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("failed to write {path}: {source}")]
     Output {
         path: PathBuf,
@@ -43,7 +48,7 @@ impl Error {
     /// Returns the process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Scenario(_) | Error::Data(_) | Error::Mismatch(_) => 2,
+            Error::Scenario(_) | Error::Data(_) | Error::Mismatch(_) | Error::OutputDir { .. } => 2,
             Error::GradientCheck(
                 GradientCheckError::InvalidSizes { .. }
                 | GradientCheckError::InvalidAlpha { .. }

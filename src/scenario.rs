@@ -29,8 +29,8 @@ pub enum ScenarioError {
         message: String,
     },
     /// A key or value that does not fit the schema. `key` is the dotted key
-    /// of the offending value, or of the section holding an unknown key; it is
-    /// `None` for a problem at the top level.
+    /// of the offending value, or of the section that contains an unknown
+    /// key. It is `None` for a problem at the top level.
     #[error("{}: {}{message}", .path.display(), in_key(.key))]
     Schema {
         path: PathBuf,
@@ -322,6 +322,7 @@ impl Scenario {
         at_least_one(self.runtime.workers, "runtime.workers", &bad)?;
         let t = &self.train;
         at_least_one(t.batch_size, "train.batch_size", &bad)?;
+        at_least_one(t.epochs, "train.epochs", &bad)?;
         if !non_negative(t.learning_rate) {
             return Err(bad(
                 "train.learning_rate",

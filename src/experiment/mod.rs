@@ -100,7 +100,7 @@ pub fn run(options: &RunOptions, interrupted: Arc<AtomicBool>) -> Result<Summary
     let started = Instant::now();
     let scenario = Scenario::load(&options.scenario, &options.overrides)?;
     let out = output_dir(options);
-    std::fs::create_dir_all(&out).map_err(|source| Error::Output {
+    std::fs::create_dir_all(&out).map_err(|source| Error::OutputDir {
         path: out.clone(),
         source,
     })?;

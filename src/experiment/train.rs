@@ -76,11 +76,12 @@ pub(super) fn train(
                     break 'epochs;
                 }
             };
-            if let Some(message) = divergence(k, &result) {
+            let diverged = divergence(k, &result);
+            log.record(k, rate, &result, summary, diverged.is_none());
+            if let Some(message) = diverged {
                 failure = Some((Status::Diverged, message));
                 break 'epochs;
             }
-            log.record(k, rate, &result, summary);
 
             let sent: u64 = stats.iter().map(|e| e.sent).sum();
             let seconds = started.elapsed().as_secs_f64().max(1e-9);
@@ -183,9 +184,18 @@ impl TrainingLog {
     }
 
     /// Adds one finished batch to the log and to the summary's counters.
-    fn record(&mut self, k: usize, rate: f64, result: &BatchResult<f32>, summary: &mut Summary) {
+    /// The batch's weights replace the kept ones only when `keep_weights`,
+    /// so a diverged batch is counted but its weights are not kept.
+    fn record(
+        &mut self,
+        k: usize,
+        rate: f64,
+        result: &BatchResult<f32>,
+        summary: &mut Summary,
+        keep_weights: bool,
+    ) {
         for (i, layer) in result.layers.iter().enumerate() {
-            if let Some(w) = &layer.weights {
+            if let Some(w) = layer.weights.as_ref().filter(|_| keep_weights) {
                 self.weights[i] = (**w).clone();
             }
             self.layer_updates[i] += layer.updates;
