@@ -123,6 +123,33 @@ pub fn run(options: &RunOptions, interrupted: Arc<AtomicBool>) -> Result<Summary
         test_images: scenario.data.test_images.min(splits.test.len()),
         ..Summary::default()
     };
+    let requested = [
+        (
+            "data.train_images",
+            scenario.data.train_images,
+            splits.train.len(),
+        ),
+        (
+            "data.readout_images",
+            scenario.data.readout_images,
+            splits.train.len(),
+        ),
+        (
+            "data.test_images",
+            scenario.data.test_images,
+            splits.test.len(),
+        ),
+    ];
+    for (key, wanted, available) in requested {
+        if wanted > available {
+            warn!(
+                key,
+                requested = wanted,
+                available,
+                "fewer images than requested; using all"
+            );
+        }
+    }
 
     let network: Network<f32> = random_network(
         &scenario.network.layers,
