@@ -51,6 +51,7 @@ impl Error {
             Error::Scenario(_) | Error::Data(_) | Error::Mismatch(_) | Error::OutputDir { .. } => 2,
             Error::GradientCheck(
                 GradientCheckError::InvalidSizes { .. }
+                | GradientCheckError::TooLarge { .. }
                 | GradientCheckError::InvalidAlpha { .. }
                 | GradientCheckError::InvalidStep { .. },
             ) => 2,

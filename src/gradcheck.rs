@@ -62,6 +62,10 @@ use crate::model::{
 use crate::relaxation::{Outcome, RelaxConfig, RelaxReport};
 use crate::solver::{Solver, max_residual};
 
+/// Most weight entries a check accepts: each costs two re-solves with a dense
+/// Jacobian of `Σ n_i + 1` unknowns, so the cost grows fast with the size.
+pub const MAX_ENTRIES: usize = 20_000;
+
 /// A check passes when the largest relative error is below this.
 pub const PASS_THRESHOLD: f64 = 1e-5;
 
@@ -158,6 +162,10 @@ impl GradientCheck {
                 sizes: self.sizes.clone(),
             });
         }
+        let entries: usize = self.sizes.windows(2).map(|pair| pair[0] * pair[1]).sum();
+        if entries > MAX_ENTRIES {
+            return Err(GradientCheckError::TooLarge { entries });
+        }
         if !self.alpha.is_finite() || self.alpha < 0.0 {
             return Err(GradientCheckError::InvalidAlpha { alpha: self.alpha });
         }
@@ -181,6 +189,8 @@ pub struct GradientCheckReport {
     /// The entry with the largest relative error, as (layer, row, column) of
     /// `W_layer`, with layers counted from 1.
     pub worst: Option<(usize, usize, usize)>,
+    /// (equation 1, finite difference) at the worst entry.
+    pub worst_values: Option<(f64, f64)>,
     /// Largest projected-gradient residual of V at the base fixed point.
     pub fixed_point_residual: f64,
     /// `|‖p_1‖ − 1|` at the base fixed point.
@@ -222,7 +232,14 @@ impl fmt::Display for GradientCheckReport {
             self.entries_skipped
         )?;
         if let Some((layer, row, col)) = self.worst {
-            writeln!(f, "worst entry: W_{layer}[{row}, {col}]")?;
+            write!(f, "worst entry: W_{layer}[{row}, {col}]")?;
+            if let Some((exact, difference)) = self.worst_values {
+                write!(
+                    f,
+                    ": equation 1 {exact:.6e}, finite difference {difference:.6e}"
+                )?;
+            }
+            writeln!(f)?;
         }
         writeln!(
             f,
@@ -254,6 +271,11 @@ pub enum GradientCheckError {
         "invalid layer sizes {sizes:?}: need at least 2 layers (input first), none of size zero"
     )]
     InvalidSizes { sizes: Vec<usize> },
+    #[error(
+        "network too large for a gradient check: {entries} weight entries, at most \
+         {MAX_ENTRIES} (each entry costs two dense Newton re-solves)"
+    )]
+    TooLarge { entries: usize },
     #[error("invalid sparsity weight alpha = {alpha}: it must be finite and non-negative")]
     InvalidAlpha { alpha: f64 },
     #[error("invalid finite-difference step {step}: it must be finite and positive")]
@@ -367,6 +389,7 @@ pub fn run(check: &GradientCheck) -> Result<GradientCheckReport, GradientCheckEr
         entries_checked: comparison.entries_checked,
         entries_skipped: comparison.entries_skipped,
         worst: comparison.worst,
+        worst_values: comparison.worst_values,
         fixed_point_residual: fixed.residual,
         constraint_violation: fixed.constraint_violation,
         identity_error,
@@ -403,6 +426,8 @@ pub struct Comparison {
     pub entries_skipped: usize,
     /// (layer counted from 1, row, column) of the largest relative error.
     pub worst: Option<(usize, usize, usize)>,
+    /// (equation 1, finite difference) at the worst entry.
+    pub worst_values: Option<(f64, f64)>,
 }
 
 /// Compares finite differences (None where an entry was skipped) with an
@@ -417,6 +442,7 @@ pub fn compare_gradients(
         entries_checked: 0,
         entries_skipped: 0,
         worst: None,
+        worst_values: None,
     };
     for (i, numeric) in differences.iter().enumerate() {
         for ((r, c), difference) in numeric.indexed_iter() {
@@ -433,6 +459,7 @@ pub fn compare_gradients(
             if comparison.worst.is_none() || larger {
                 comparison.max_relative_error = error;
                 comparison.worst = Some((i + 1, r, c));
+                comparison.worst_values = exact.map(|&exact| (exact, difference));
             }
         }
     }

@@ -47,7 +47,8 @@ pub enum DetectorError {
 pub struct Detection {
     /// Waves run for this relaxation.
     pub waves: u64,
-    /// Sum of sent (and of received) data messages at the quiescent instant.
+    /// Sum of sent (and of received) data messages at the quiescent instant,
+    /// counted since the actors started.
     pub messages: u64,
 }
 

@@ -105,7 +105,9 @@ impl Default for DataSection {
 pub struct NetworkSection {
     /// Layer sizes, input first.
     pub layers: Vec<usize>,
-    /// Sparsity weight per layer above the input; one value applies to all.
+    /// Sparsity weight per layer above the input; one value (a number or a
+    /// one-element list) applies to all.
+    #[serde(deserialize_with = "number_or_list")]
     pub alpha: Vec<f64>,
     #[serde(default = "default_init")]
     pub init: WeightInit,
@@ -222,14 +224,30 @@ pub struct ReadoutSection {
 
 impl Default for ReadoutSection {
     fn default() -> Self {
-        let d = crate::readout::ReadoutConfig::default();
+        // The same values as `ReadoutConfig::default`, written in f64 so the
+        // resolved scenario shows them exactly.
         ReadoutSection {
-            epochs: d.epochs,
-            learning_rate: d.learning_rate as f64,
-            l2: d.l2 as f64,
-            batch_size: d.batch_size,
+            epochs: 30,
+            learning_rate: 1e-3,
+            l2: 1e-4,
+            batch_size: 128,
         }
     }
+}
+
+/// A number, or a list of numbers, in a scenario file.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumberOrList {
+    Number(f64),
+    List(Vec<f64>),
+}
+
+fn number_or_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<f64>, D::Error> {
+    Ok(match NumberOrList::deserialize(deserializer)? {
+        NumberOrList::Number(value) => vec![value],
+        NumberOrList::List(values) => values,
+    })
 }
 
 fn default_seed() -> u64 {
@@ -347,6 +365,21 @@ impl Scenario {
         at_least_one(o.epochs, "readout.epochs", &bad)?;
         at_least_one(o.batch_size, "readout.batch_size", &bad)?;
         positive(o.learning_rate, "readout.learning_rate", &bad)?;
+        // The readout computes in f32, so both must be finite there too.
+        if o.learning_rate > f64::from(f32::MAX) {
+            return Err(bad(
+                "readout.learning_rate",
+                o.learning_rate.to_string(),
+                "must be at most 3.4e38 (f32)",
+            ));
+        }
+        if o.l2 > f64::from(f32::MAX) {
+            return Err(bad(
+                "readout.l2",
+                o.l2.to_string(),
+                "must be at most 3.4e38 (f32)",
+            ));
+        }
         if !non_negative(o.l2) {
             return Err(bad(
                 "readout.l2",

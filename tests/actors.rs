@@ -112,6 +112,7 @@ fn detector_never_fires_with_messages_in_flight() {
     };
     let mut actors = ActorNetwork::spawn(&network, config(tolerance, Some(delay))).unwrap();
     let stats = actors.stats();
+    let mut sent_before = 0;
     for relaxation in 0..40 {
         let x0 = inputs(4, 16, 1000 + relaxation);
         let options = BatchOptions {
@@ -145,5 +146,9 @@ fn detector_never_fires_with_messages_in_flight() {
             result.report.max_residual
         );
         assert!(result.detection.waves >= 2);
+        // The report counts this relaxation's messages only.
+        assert_eq!(result.report.messages, sent - sent_before);
+        assert!(result.report.messages >= 3);
+        sent_before = sent;
     }
 }

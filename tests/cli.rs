@@ -764,3 +764,52 @@ fn unknown_subcommand_exits_2() {
     );
     assert!(stdout(&output).is_empty());
 }
+
+#[test]
+fn all_blank_training_images_fail_the_run() {
+    let sandbox = Sandbox::tiny();
+    let mut blank = images_idx(TRAIN_IMAGES as u32, 0, 1);
+    blank.extend(std::iter::repeat_n(0u8, TRAIN_IMAGES * PIXELS));
+    sandbox.write("data/train-images-idx3-ubyte", &blank);
+    let output = sandbox.run_tiny(&[]);
+    assert_exit(&output, 1);
+    assert_mentions(&error_line(&output), &["all 40 training images are blank"]);
+    let summary = sandbox.summary();
+    assert_eq!(summary["status"], "failed");
+    assert_eq!(summary["blank_images"], 40);
+}
+
+#[test]
+fn unallocatable_layer_is_bad_input() {
+    let sandbox = Sandbox::tiny();
+    let output = sandbox.run_tiny(&["--set", "network.layers=[784, 100000000000000]"]);
+    assert_exit(&output, 2);
+    assert_mentions(
+        &error_line(&output),
+        &[
+            "network.layers",
+            "784x100000000000000",
+            "cannot be allocated",
+        ],
+    );
+}
+
+#[test]
+fn messages_are_counted_per_batch() {
+    let sandbox = Sandbox::tiny();
+    let output = sandbox.run_tiny(&[]);
+    assert_exit(&output, 0);
+    let csv = fs::read_to_string(sandbox.path("out/training.csv")).unwrap();
+    let mut total = 0;
+    for line in csv.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let updates: u64 = fields[2].parse().unwrap();
+        let messages: u64 = fields[3].parse().unwrap();
+        // One x0 message, then each layer update sends one message per
+        // outgoing edge, plus each layer's start announcement.
+        assert!(messages >= updates, "{line}");
+        assert!(messages <= updates + 3, "{line}");
+        total += messages;
+    }
+    assert_eq!(sandbox.summary()["messages_total"], total);
+}

@@ -247,6 +247,7 @@ fn report_without_checked_entries_does_not_pass() {
         entries_checked: 0,
         entries_skipped: 78,
         worst: None,
+        worst_values: None,
         fixed_point_residual: 0.0,
         constraint_violation: 0.0,
         identity_error: 0.0,
@@ -452,4 +453,32 @@ fn survey_of_first_thousand_seeds() {
             );
         }
     }
+}
+
+#[test]
+fn oversized_network_is_rejected() {
+    let check = GradientCheck {
+        sizes: vec![3000, 2000],
+        ..GradientCheck::default()
+    };
+    let error = ign::gradcheck::run(&check).unwrap_err();
+    assert!(
+        matches!(error, GradientCheckError::TooLarge { entries: 6_000_000 }),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn report_shows_worst_entry_values() {
+    let check = GradientCheck {
+        sizes: vec![8, 6, 5],
+        seed: 3,
+        ..GradientCheck::default()
+    };
+    let report = ign::gradcheck::run(&check).unwrap();
+    let (exact, difference) = report.worst_values.unwrap();
+    assert!((exact - difference).abs() <= 1e-5 * exact.abs().max(1e-8));
+    let text = report.to_string();
+    assert!(text.contains("equation 1 "), "{text}");
+    assert!(text.contains("finite difference "), "{text}");
 }

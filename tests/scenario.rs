@@ -322,3 +322,32 @@ fn load_applies_overrides() {
     let error = Scenario::load(&path, &["relax.step_scale=0".to_owned()]).unwrap_err();
     assert_one_line(&error, &[&format!("{}: invalid value 0", path.display())]);
 }
+
+#[test]
+fn alpha_as_single_number_applies_to_all() {
+    let text = "[network]\nlayers = [784, 400, 400]\nalpha = 0.05\n";
+    let scenario = Scenario::parse(Path::new("a.toml"), text, &[]).unwrap();
+    assert_eq!(scenario.alpha_per_layer(), vec![0.05, 0.05]);
+}
+
+#[test]
+fn readout_rate_beyond_f32_is_rejected() {
+    let text = "[network]\nlayers = [784, 10]\nalpha = [0.1]\n[readout]\nlearning_rate = 1e39\n";
+    let error = Scenario::parse(Path::new("r.toml"), text, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("`readout.learning_rate`"), "{error}");
+    assert!(
+        error.contains("1000000000000000000000000000000000000000"),
+        "{error}"
+    );
+}
+
+#[test]
+fn readout_defaults_are_exact_in_resolved_file() {
+    let text = "[network]\nlayers = [784, 10]\nalpha = [0.1]\n";
+    let scenario = Scenario::parse(Path::new("d.toml"), text, &[]).unwrap();
+    let resolved = toml::to_string(&scenario).unwrap();
+    assert!(resolved.contains("learning_rate = 0.001\n"), "{resolved}");
+    assert!(resolved.contains("l2 = 0.0001\n"), "{resolved}");
+}

@@ -167,7 +167,7 @@ impl fmt::Display for FileRole {
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error(
-        "MNIST data directory {} does not exist; pass --data DIR with the four IDX files",
+        "MNIST data directory {} does not exist (relative paths are taken from the current directory); pass --data DIR with the four IDX files",
         .dir.display()
     )]
     MissingDir { dir: PathBuf },

@@ -42,6 +42,8 @@ pub enum Status {
     Completed,
     Diverged,
     TooManyCapped,
+    /// The run could not do its job for another reason, given in `message`.
+    Failed,
     Interrupted,
 }
 
@@ -72,14 +74,15 @@ pub struct Summary {
     pub rows_above_tolerance: usize,
     pub blank_images: usize,
     /// Per layer, units active for none of the readout images' codes.
-    pub unused_units: Vec<usize>,
+    pub unused_units: Option<Vec<usize>>,
     /// Per layer, columns reseeded from data during training.
     pub reseeded_units: Vec<usize>,
     /// Mean `½‖x_0 − W_1 x_1‖²` over the first and the last tenth of training.
     pub reconstruction_first: Option<f64>,
     pub reconstruction_last: Option<f64>,
-    pub encode_max_residual: f64,
-    pub encode_rows_above_tolerance: usize,
+    /// Encoding measurements; null when the run stopped before encoding.
+    pub encode_max_residual: Option<f64>,
+    pub encode_rows_above_tolerance: Option<usize>,
     pub message: Option<String>,
     /// The per-batch table written to `training.csv`.
     #[serde(skip)]
@@ -151,6 +154,7 @@ pub fn run(options: &RunOptions, interrupted: Arc<AtomicBool>) -> Result<Summary
         }
     }
 
+    check_memory(&scenario.network.layers)?;
     let network: Network<f32> = random_network(
         &scenario.network.layers,
         &scenario.alpha_per_layer(),
@@ -204,17 +208,31 @@ pub fn run(options: &RunOptions, interrupted: Arc<AtomicBool>) -> Result<Summary
         Ok(None) => return finish(&out, summary, started, Status::Interrupted, None),
         Err(message) => return finish(&out, summary, started, Status::Diverged, Some(message)),
     };
-    summary.encode_max_residual = encode_report.0;
-    summary.encode_rows_above_tolerance = encode_report.1;
-    summary.unused_units = unused_units(&train_codes, &scenario.network.layers);
+    summary.encode_max_residual = Some(encode_report.0);
+    summary.encode_rows_above_tolerance = Some(encode_report.1);
+    summary.unused_units = Some(unused_units(&train_codes, &scenario.network.layers));
     write_figure(&out, &network, Some(&train_codes))?;
 
     info!("fitting readouts");
     let config = readout_config(&scenario);
-    let readout = SoftmaxReadout::fit(train_codes.view(), &train_part.labels, 10, &config)?;
-    summary.test_error = Some(readout.error_rate(test_codes.view(), &test_part.labels));
-    let pixels = SoftmaxReadout::fit(train_part.images.view(), &train_part.labels, 10, &config)?;
-    summary.test_error_pixels = Some(pixels.error_rate(test_part.images.view(), &test_part.labels));
+    let errors = (|| {
+        let readout = SoftmaxReadout::fit(train_codes.view(), &train_part.labels, 10, &config)?;
+        let codes = readout.try_error_rate(test_codes.view(), &test_part.labels)?;
+        let images = train_part.images.view();
+        let pixels = SoftmaxReadout::fit(images, &train_part.labels, 10, &config)?;
+        let raw = pixels.try_error_rate(test_part.images.view(), &test_part.labels)?;
+        Ok::<_, crate::readout::ReadoutError>((codes, raw))
+    })();
+    match errors {
+        Ok((codes, raw)) => {
+            summary.test_error = Some(codes);
+            summary.test_error_pixels = Some(raw);
+        }
+        Err(e) => {
+            let message = format!("readout failed: {e}");
+            return finish(&out, summary, started, Status::Failed, Some(message));
+        }
+    }
     info!(
         test_error = summary.test_error,
         test_error_pixels = summary.test_error_pixels,
@@ -247,6 +265,27 @@ fn check_sizes(scenario: &Scenario, train: &Dataset, test: &Dataset) -> Result<(
         return Err(Error::Mismatch(
             "the data directory contains no images".into(),
         ));
+    }
+    Ok(())
+}
+
+/// Checks that the weight matrices can be allocated, so that a huge layer is
+/// an error naming `network.layers` and not an abort.
+fn check_memory(sizes: &[usize]) -> Result<(), Error> {
+    for pair in sizes.windows(2) {
+        let entries = pair[0].checked_mul(pair[1]);
+        let mut probe: Vec<f32> = Vec::new();
+        // Reserving address space touches no memory; the matrix itself is
+        // allocated right after, so the probe is dropped at once.
+        let fits = entries.is_some_and(|n| probe.try_reserve_exact(n).is_ok());
+        if !fits {
+            return Err(Error::Mismatch(format!(
+                "network.layers: a {}x{} weight matrix ({} bytes) cannot be allocated; use smaller layers",
+                pair[0],
+                pair[1],
+                entries.map_or_else(|| "too many".to_owned(), |n| (n as u128 * 4).to_string())
+            )));
+        }
     }
     Ok(())
 }
@@ -434,7 +473,7 @@ fn finish(
     match status {
         Status::Completed => Ok(summary),
         Status::Interrupted => Err(Error::Interrupted),
-        Status::Diverged | Status::TooManyCapped => {
+        Status::Diverged | Status::TooManyCapped | Status::Failed => {
             Err(Error::Failed(summary.message.clone().unwrap_or_default()))
         }
     }

@@ -99,6 +99,16 @@ pub(super) fn train(
     }
     bar.finish_and_clear();
     actors.shutdown();
+    if failure.is_none()
+        && summary.relaxations > 0
+        && summary.blank_images == summary.train_images * t.epochs
+    {
+        let message = format!(
+            "all {} training images are blank (all zero), so nothing was learned; check --data",
+            summary.train_images
+        );
+        failure = Some((Status::Failed, message));
+    }
     let trained = log.finish(summary, network.alpha.clone());
     info!(
         relaxations = summary.relaxations,

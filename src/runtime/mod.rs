@@ -109,6 +109,9 @@ pub struct ActorNetwork<A> {
     stats: LiveStats,
     config: RuntimeConfig,
     batch: u64,
+    /// Data messages counted by all detections so far; the detector's counts
+    /// run from the actors' start, so a batch's own count is the difference.
+    messages_before: u64,
 }
 
 impl<A> ActorNetwork<A>
@@ -193,6 +196,7 @@ where
             stats,
             config,
             batch: 0,
+            messages_before: 0,
         })
     }
 
@@ -250,13 +254,10 @@ where
             }
         }
         layers.sort_by_key(|s| s.layer);
-        let report = report_from(&layers, self.config.relax.tolerance, detection.messages);
-        debug!(
-            batch,
-            waves = detection.waves,
-            messages = detection.messages,
-            "batch done"
-        );
+        let messages = detection.messages - self.messages_before;
+        self.messages_before = detection.messages;
+        let report = report_from(&layers, self.config.relax.tolerance, messages);
+        debug!(batch, waves = detection.waves, messages, "batch done");
         Ok(BatchResult {
             report,
             detection,
