@@ -280,10 +280,16 @@ impl Scenario {
         for text in overrides {
             apply_override(&mut table, text)?;
         }
+        // A bad value may come from an override, not the file, so say so.
+        let origin = if overrides.is_empty() {
+            path.to_owned()
+        } else {
+            PathBuf::from(format!("{} with command-line overrides", path.display()))
+        };
         let scenario: Scenario = table
             .try_into()
-            .map_err(|e: toml::de::Error| schema_error(path, &e))?;
-        scenario.validate(path)?;
+            .map_err(|e: toml::de::Error| schema_error(&origin, &e))?;
+        scenario.validate(&origin)?;
         Ok(scenario)
     }
 

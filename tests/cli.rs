@@ -306,7 +306,9 @@ fn out_of_range_overrides_name_key_and_value() {
     let sandbox = Sandbox::tiny();
     for (set, key, value) in cases {
         let output = sandbox.run_tiny(&["--set", set]);
-        let expected = format!("ign: tiny.toml: invalid value {value} for key `{key}`: ");
+        let expected = format!(
+            "ign: tiny.toml with command-line overrides: invalid value {value} for key `{key}`: "
+        );
         assert_exit(&output, 2);
         let line = error_line(&output);
         assert!(
@@ -370,7 +372,11 @@ fn wrong_value_type_names_key() {
     let output = sandbox.run_tiny(&["--set", "train.batch_size=-1"]);
     assert_bad_input(
         &output,
-        &["ign: tiny.toml: in `train.batch_size`: ", "`-1`", "usize"],
+        &[
+            "ign: tiny.toml with command-line overrides: in `train.batch_size`: ",
+            "`-1`",
+            "usize",
+        ],
     );
 
     let output = sandbox.run_tiny(&["--set", "relax.tolerance=small"]);

@@ -163,7 +163,11 @@ fn wrong_type_names_dotted_key() {
     assert_eq!(key.as_deref(), Some("train.batch_size"));
     assert_one_line(
         &error,
-        &["test.toml: in `train.batch_size`: ", "`-1`", "usize"],
+        &[
+            "test.toml with command-line overrides: in `train.batch_size`: ",
+            "`-1`",
+            "usize",
+        ],
     );
 
     let error = parse_err(&MINIMAL.replace("[784, 20, 10]", "784"), &[]);
@@ -241,8 +245,9 @@ fn out_of_range_values_name_key_and_value() {
         };
         assert_eq!(key, expected_key, "{set}");
         assert_eq!(value, expected_value, "{set}");
-        let prefix =
-            format!("test.toml: invalid value {expected_value} for key `{expected_key}`: ");
+        let prefix = format!(
+            "test.toml with command-line overrides: invalid value {expected_value} for key `{expected_key}`: "
+        );
         assert_one_line(&error, &[&prefix]);
     }
 }
@@ -320,7 +325,13 @@ fn load_applies_overrides() {
     assert_eq!(scenario.seed, 5);
 
     let error = Scenario::load(&path, &["relax.step_scale=0".to_owned()]).unwrap_err();
-    assert_one_line(&error, &[&format!("{}: invalid value 0", path.display())]);
+    assert_one_line(
+        &error,
+        &[&format!(
+            "{} with command-line overrides: invalid value 0",
+            path.display()
+        )],
+    );
 }
 
 #[test]
