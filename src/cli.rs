@@ -28,7 +28,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Train, encode and classify as a scenario file says.
+    /// Train, encode and classify as a scenario file describes.
     Run {
         /// The scenario, a TOML file (see docs/scenarios.md).
         scenario: PathBuf,

@@ -4,14 +4,14 @@
 //!
 //! The detector reads only counts and flags: each actor keeps the number of
 //! data messages it has sent and the number it has taken out of its mailbox,
-//! and answers a probe with both and its settled flag. A wave probes every
-//! actor and waits for all answers. Quiescence is declared after two
-//! consecutive waves in which every actor answered settled with the same two
+//! and replies to a probe with both and its settled flag. A wave probes every
+//! actor and waits for all replies. Quiescence is declared after two
+//! consecutive waves in which every actor replied settled with the same two
 //! counts both times, and the sum of sent equals the sum of received.
 //!
-//! Why that is safe: the second wave's probes go out only after every answer
+//! Why that is safe: the second wave's probes go out only after every reply
 //! to the first has arrived, so some instant `T` lies between each actor's
-//! two answers. An actor whose received count did not change over that
+//! two replies. An actor whose received count did not change over that
 //! interval took no message in it, and a settled actor becomes unsettled only
 //! by taking a message, so at `T` every actor was settled with exactly the
 //! reported counts. Equal sums at `T` mean no message was in flight then.
@@ -53,18 +53,18 @@ pub struct Detection {
 }
 
 /// The termination detector. It owns the receiving end of the event channel
-/// that every actor's hints and probe answers go to, and a function that
+/// that every actor's hints and probe replies go to, and a function that
 /// delivers a probe to an actor (returning false when that actor is gone).
 pub struct Detector {
     actors: usize,
     events_rx: Receiver<DetectorEvent>,
     probe: Box<dyn Fn(ActorId, u64) -> bool + Send>,
-    /// Wave numbers increase across relaxations, so late answers to an old
+    /// Wave numbers increase across relaxations, so late replies to an old
     /// wave are recognised and dropped.
     next_wave: u64,
     /// The limit of the current `wait`, for its error message.
     timeout: Duration,
-    /// A hint arrived while the last wave was collecting answers.
+    /// A hint arrived while the last wave was collecting replies.
     hint_during_wave: bool,
 }
 
@@ -87,12 +87,12 @@ impl Detector {
     /// Blocks until the actors are quiescent or `timeout` has passed. One
     /// wave starts right away, since the relaxation may already be over.
     ///
-    /// Progress: an actor unsettled at its answer sends a hint when it
-    /// settles, after that answer, so waiting for a hint after such a wave
+    /// Progress: an actor unsettled at its reply sends a hint when it
+    /// settles, after that reply, so waiting for a hint after such a wave
     /// never waits forever. Any other wave that is not a detection is followed
     /// by another at once: either the counts changed (the actors involved
-    /// have settled again by their answers) or a message is still in flight,
-    /// whose receiver answers with new counts once it takes it.
+    /// have settled again by their replies) or a message is still in flight,
+    /// whose receiver replies with new counts once it takes it.
     pub fn wait(&mut self, timeout: Duration) -> Result<Detection, DetectorError> {
         let deadline = Instant::now() + timeout;
         self.timeout = timeout;
@@ -128,9 +128,9 @@ impl Detector {
         }
     }
 
-    /// Probes every actor and collects one answer from each. Events queued
+    /// Probes every actor and collects one reply from each. Events queued
     /// before the probes go out are dropped first: what they announce is
-    /// already reflected in the answers.
+    /// already reflected in the replies.
     fn wave(&mut self, deadline: Instant) -> Result<Vec<ProbeReply>, DetectorError> {
         while self.events_rx.try_recv().is_ok() {}
         self.hint_during_wave = false;
@@ -158,7 +158,7 @@ impl Detector {
         Ok(replies.into_iter().flatten().collect())
     }
 
-    /// Waits for the next hint, dropping answers to finished waves.
+    /// Waits for the next hint, dropping replies to finished waves.
     fn wait_for_hint(&mut self, deadline: Instant) -> Result<(), DetectorError> {
         loop {
             if let DetectorEvent::Hint(_) = self.next_event(deadline)? {
@@ -198,7 +198,7 @@ mod tests {
     use crossbeam_channel::unbounded;
     use std::sync::{Arc, Mutex};
 
-    /// Scripted actors: each probe is answered from a table of (sent,
+    /// Scripted actors: each probe is replied from a table of (sent,
     /// received, settled) per wave.
     fn scripted(script: Vec<Vec<(u64, u64, bool)>>) -> Result<Detection, DetectorError> {
         let (tx, rx) = unbounded();

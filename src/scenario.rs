@@ -78,7 +78,7 @@ pub struct Scenario {
 pub struct DataSection {
     /// Directory of the four IDX files, gzipped or raw.
     pub dir: PathBuf,
-    /// Where decompressed copies go; empty means the default cache directory.
+    /// Directory for decompressed copies; empty means the default cache directory.
     pub cache_dir: PathBuf,
     /// Training images used for learning (the first ones of the file).
     pub train_images: usize,
@@ -189,7 +189,7 @@ impl Default for TrainSection {
     }
 }
 
-/// Which schedule computes the codes for the readout.
+/// The schedule that computes the codes for the readout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EncodeSchedule {
@@ -280,7 +280,8 @@ impl Scenario {
         for text in overrides {
             apply_override(&mut table, text)?;
         }
-        // A bad value may come from an override, not the file, so say so.
+        // A bad value may come from an override, not the file, so the message
+        // names both.
         let origin = if overrides.is_empty() {
             path.to_owned()
         } else {

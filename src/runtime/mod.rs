@@ -26,7 +26,7 @@
 //!   an error. No relaxation waits forever: the detector has a
 //!   wall-clock limit.
 //! - **Shutdown.** [`ActorNetwork::shutdown`] (also run on drop) sends `Stop`
-//!   to every actor and shuts the tokio runtime down; messages still queued
+//!   to every actor and shuts the tokio runtime down. Messages still queued
 //!   are dropped with the mailboxes.
 
 pub mod actor;
