@@ -177,6 +177,17 @@ impl<A: NdFloat> Layer<A> {
     /// `has_above`).
     pub fn evaluate(&self, below: ArrayView2<A>, above: Option<ArrayView2<A>>) -> LayerEval<A> {
         let p = prediction(self.x.view(), self.w.view());
+        self.evaluate_with_prediction(below, above, p)
+    }
+
+    /// Evaluates like [`Layer::evaluate`] with the layer's own prediction
+    /// `p = x W^T` already computed, as an actor has it after sending it.
+    pub fn evaluate_with_prediction(
+        &self,
+        below: ArrayView2<A>,
+        above: Option<ArrayView2<A>>,
+        p: Array2<A>,
+    ) -> LayerEval<A> {
         let batch = self.x.nrows();
         let (residual, norms) = match &self.lambda {
             Some(lambda) => {

@@ -221,6 +221,10 @@ pub(super) struct LayerActor<A> {
     outcome: Outcome,
     /// Divergence limit, set from the first evaluation of each relaxation.
     limit: Option<A>,
+    /// The prediction of the current state, as last sent down; the next
+    /// evaluation reuses it. `None` whenever the state or weights changed
+    /// without a new prediction being sent.
+    sent_prediction: Option<Arc<Array2<A>>>,
 }
 
 impl<A> LayerActor<A>
@@ -242,6 +246,7 @@ where
             updates: 0,
             outcome: Outcome::Converged,
             limit: None,
+            sent_prediction: None,
         }
     }
 
@@ -302,6 +307,7 @@ where
                 self.updates = 0;
                 self.outcome = Outcome::Converged;
                 self.limit = None;
+                self.sent_prediction = None;
                 self.wiring.set_settled(false);
                 let _ = self.wiring.replies_tx.send(Reply::Ready(self.wiring.id));
             }
@@ -347,12 +353,12 @@ where
         };
         self.layer.start(below.view());
         self.started = true;
-        self.announce(None);
+        self.announce();
         debug!(layer = self.layer.index, batch = self.batch, "started");
     }
 
     /// Sends the current state up and the current prediction down.
-    fn announce(&mut self, prediction_now: Option<&Array2<A>>) {
+    fn announce(&mut self) {
         let batch = self.batch;
         let state = Arc::new(self.layer.x.clone());
         self.wiring.send(MessageKind::StateUp, batch, &state);
@@ -362,19 +368,23 @@ where
             .iter()
             .any(|o| o.edge.kind == MessageKind::PredictionDown)
         {
-            let p = match prediction_now {
-                Some(p) => p.clone(),
-                None => prediction(self.layer.x.view(), self.layer.w.view()),
-            };
-            self.wiring
-                .send(MessageKind::PredictionDown, batch, &Arc::new(p));
+            let p = Arc::new(prediction(self.layer.x.view(), self.layer.w.view()));
+            self.wiring.send(MessageKind::PredictionDown, batch, &p);
+            self.sent_prediction = Some(p);
         }
     }
 
     fn evaluate(&self) -> Option<LayerEval<A>> {
         let (_, below) = self.below.as_ref()?;
         let above = self.above.as_ref().map(|(_, p)| p.view());
-        Some(self.layer.evaluate(below.view(), above))
+        let eval = match &self.sent_prediction {
+            // Copying the batch's prediction is cheaper than recomputing it.
+            Some(p) => self
+                .layer
+                .evaluate_with_prediction(below.view(), above, (**p).clone()),
+            None => self.layer.evaluate(below.view(), above),
+        };
+        Some(eval)
     }
 
     /// Evaluates against the newest messages and either settles or steps once
@@ -407,7 +417,7 @@ where
         if let Some(mut stats) = self.wiring.stats.get_mut(&self.wiring.id) {
             stats.updates += 1;
         }
-        self.announce(None);
+        self.announce();
     }
 
     /// Reports the relaxation just ended and, with `rate > 0`, applies
@@ -447,6 +457,8 @@ where
             state: return_state.then(|| Arc::new(self.layer.x.clone())),
             weights: None,
         };
+        // Learning and reseeding change W, so the sent prediction is stale.
+        self.sent_prediction = None;
         if rate > 0.0 && self.outcome != Outcome::Diverged {
             summary.zero_columns = self.layer.learn(&eval, cast(rate));
             self.window.add(&usage, self.layer.x.nrows());
