@@ -4,8 +4,8 @@
 //!
 //! Invariant: a reseeded column is a residual row of the layer's own last
 //! relaxation (what the layer failed to explain of the layer below), scaled
-//! to unit norm, so reseeding is as local as the equation-1 step and never
-//! produces a zero column.
+//! to unit norm. Reseeding is therefore as local as the equation-1 step, and
+//! rows of zero norm are never used, so it never produces a zero column.
 
 use ndarray::{Array1, ArrayView2, Axis, NdFloat};
 

@@ -18,9 +18,9 @@
 //! Settled actors with empty channels never send again, so the state at `T`
 //! is the state at detection: every actor settled and no message in flight.
 //!
-//! Waves are started by hints that actors send when they settle; hints only
-//! trigger waves and are never trusted, so a lost or stale hint costs at most
-//! an extra wave.
+//! Waves are started by hints that actors send when they settle. Hints only
+//! trigger waves and are never trusted, so a stale hint costs at most an
+//! extra wave.
 
 use std::time::{Duration, Instant};
 
@@ -88,8 +88,8 @@ impl Detector {
     /// wave starts right away, since the relaxation may already be over.
     ///
     /// Progress: an actor unsettled at its reply sends a hint when it
-    /// settles, after that reply, so waiting for a hint after such a wave
-    /// never waits forever. Any other wave that is not a detection is followed
+    /// settles, after that reply, so a wait for a hint after such a wave ends
+    /// in another wave (and `timeout` bounds every wait regardless). Any other wave that is not a detection is followed
     /// by another at once: either the counts changed (the actors involved
     /// have settled again by their replies) or a message is still in flight,
     /// whose receiver replies with new counts once it takes it.

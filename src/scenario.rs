@@ -317,6 +317,7 @@ impl Scenario {
                 "every size must be at least 1",
             ));
         }
+
         let hidden = n.layers.len() - 1;
         if n.alpha.len() != 1 && n.alpha.len() != hidden {
             return Err(bad(
@@ -332,6 +333,7 @@ impl Scenario {
                 "must be a finite number >= 0",
             ));
         }
+
         let r = &self.relax;
         positive(r.tolerance, "relax.tolerance", &bad)?;
         positive(r.step_scale, "relax.step_scale", &bad)?;
@@ -344,7 +346,9 @@ impl Scenario {
             ));
         }
         at_least_one(r.max_steps, "relax.max_steps", &bad)?;
+
         at_least_one(self.runtime.workers, "runtime.workers", &bad)?;
+
         let t = &self.train;
         at_least_one(t.batch_size, "train.batch_size", &bad)?;
         at_least_one(t.epochs, "train.epochs", &bad)?;
@@ -363,11 +367,13 @@ impl Scenario {
                 "must be between 0 and 1",
             ));
         }
+
         let d = &self.data;
         at_least_one(d.train_images, "data.train_images", &bad)?;
         at_least_one(d.readout_images, "data.readout_images", &bad)?;
         at_least_one(d.test_images, "data.test_images", &bad)?;
         at_least_one(self.encode.batch_size, "encode.batch_size", &bad)?;
+
         let o = &self.readout;
         at_least_one(o.epochs, "readout.epochs", &bad)?;
         at_least_one(o.batch_size, "readout.batch_size", &bad)?;
@@ -394,6 +400,7 @@ impl Scenario {
                 "must be a finite number >= 0",
             ));
         }
+
         Ok(())
     }
 

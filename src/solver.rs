@@ -103,6 +103,7 @@ impl<A: NdFloat> Solver<A> {
         let full_input = self.input.clone();
         let mut done = SetAside::new(&self.layers);
         let mut rows: Vec<usize> = (0..self.input.nrows()).collect();
+
         let mut evals = self.evaluate_all();
         let start = max_residual(&evals).max(tolerance);
         let limit = start * cast(self.config.divergence_factor);
@@ -126,6 +127,7 @@ impl<A: NdFloat> Solver<A> {
                 }
             }
             evals = self.evaluate_all();
+
             let settled: Vec<usize> = (0..rows.len())
                 .filter(|&b| evals.iter().all(|e| e.row_residual[b] < tolerance))
                 .collect();
@@ -135,6 +137,7 @@ impl<A: NdFloat> Solver<A> {
                 evals = evals.iter().map(|e| e.select_rows(&keep)).collect();
             }
         }
+
         done.restore(&mut self.layers, &rows);
         self.input = full_input;
         let evals = self.evaluate_all();

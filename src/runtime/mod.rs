@@ -148,6 +148,7 @@ where
             control_txs.push(tx);
             control_rxs.push(Some(rx));
         }
+
         let mut layers = build_layers(network, &config.relax).into_iter();
         for (id, role) in topology.roles.iter().enumerate() {
             let outgoing = topology
@@ -177,6 +178,7 @@ where
                 }
             }
         }
+
         // The actors own the senders of their neighbours' mailboxes, so the
         // driver drops its copies.
         drop(data_txs);
@@ -186,6 +188,7 @@ where
         let probe = Box::new(move |actor: ActorId, wave: u64| {
             probe_txs[actor].send(Control::Probe { wave }).is_ok()
         });
+
         let detector = Detector::new(actors, events_rx, probe);
         Ok(ActorNetwork {
             runtime: Some(runtime),
@@ -226,6 +229,7 @@ where
                 Reply::Finished(_) => {}
             }
         }
+
         let input = Arc::new(x0);
         for (id, role) in self.topology.roles.iter().enumerate() {
             if *role == Role::Input {
@@ -238,6 +242,7 @@ where
                 }
             }
         }
+
         let detection = self.detector.wait(self.config.timeout)?;
         for &id in &layer_ids {
             let finish = Control::Finish {
@@ -247,6 +252,7 @@ where
             };
             self.control(id, finish)?;
         }
+
         let mut layers = Vec::new();
         while layers.len() < layer_ids.len() {
             if let Reply::Finished(summary) = self.reply()? {
@@ -254,6 +260,7 @@ where
             }
         }
         layers.sort_by_key(|s| s.layer);
+
         let messages = detection.messages - self.messages_before;
         self.messages_before = detection.messages;
         let report = report_from(&layers, self.config.relax.tolerance, messages);
