@@ -61,6 +61,7 @@ fn bench_relaxation(c: &mut Criterion) {
             timeout: Duration::from_secs(60),
             workers: 2,
             delay: None,
+            ..Default::default()
         };
         let mut actors = ActorNetwork::spawn(&network, config).expect("tokio runtime");
         let options = BatchOptions {

@@ -53,6 +53,11 @@ pub enum Command {
         /// Hides the progress bars.
         #[arg(long)]
         no_progress: bool,
+        /// Writes a Chrome trace-event JSON of the training actors here (opens
+        /// in Perfetto or chrome://tracing; size capped by
+        /// `runtime.trace_limit`).
+        #[arg(long, value_name = "PATH")]
+        trace_file: Option<PathBuf>,
     },
     /// Compare equation 1 with finite differences of L on a random network.
     CheckGradient {
@@ -80,6 +85,7 @@ pub fn dispatch(cli: Cli, interrupted: Arc<AtomicBool>) -> Result<(), Error> {
             train_images,
             mut overrides,
             no_progress,
+            trace_file,
         } => {
             if let Some(seed) = seed {
                 overrides.push(format!("seed={seed}"));
@@ -98,6 +104,7 @@ pub fn dispatch(cli: Cli, interrupted: Arc<AtomicBool>) -> Result<(), Error> {
                 out,
                 overrides,
                 progress: !no_progress,
+                trace_file,
             };
             let summary = run(&options, interrupted)?;
             println!(

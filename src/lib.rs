@@ -13,3 +13,4 @@ pub mod report;
 pub mod runtime;
 pub mod scenario;
 pub mod solver;
+pub mod trace;

@@ -12,6 +12,7 @@ use thiserror::Error;
 
 use crate::model::WeightInit;
 use crate::relaxation::RelaxConfig;
+use crate::runtime::{Connectivity, Granularity};
 
 /// A bad scenario file or override. Every variant names the file and, where
 /// there is one, the key.
@@ -71,6 +72,32 @@ pub struct Scenario {
     pub encode: EncodeSection,
     #[serde(default)]
     pub readout: ReadoutSection,
+    /// When present, the run ends with a perturbation experiment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perturbation: Option<PerturbationSection>,
+}
+
+/// Change one input unit at an output state and follow the change through
+/// the actors.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerturbationSection {
+    /// The input unit (pixel index, row-major) to change.
+    pub unit: usize,
+    /// How much to add to it (inputs have unit norm per image).
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+    /// Training images relaxed and perturbed together (the first ones).
+    #[serde(default = "default_perturbation_images")]
+    pub images: usize,
+}
+
+fn default_delta() -> f64 {
+    0.05
+}
+
+fn default_perturbation_images() -> usize {
+    1
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -86,6 +113,9 @@ pub struct DataSection {
     pub readout_images: usize,
     /// Test images encoded and classified.
     pub test_images: usize,
+    /// Side of the square images after block averaging (28 x 28 MNIST to 8 x
+    /// 8 averages 3 x 3 blocks of the centre 24 x 24); 0 keeps the images.
+    pub downsample: usize,
 }
 
 impl Default for DataSection {
@@ -96,6 +126,7 @@ impl Default for DataSection {
             train_images: 20_000,
             readout_images: 20_000,
             test_images: 10_000,
+            downsample: 0,
         }
     }
 }
@@ -111,6 +142,15 @@ pub struct NetworkSection {
     pub alpha: Vec<f64>,
     #[serde(default = "default_init")]
     pub init: WeightInit,
+    /// Per layer above the input, how many consecutive units below each unit
+    /// has synapses with (a window under its relative position); 0 means
+    /// every unit below. One value applies to all layers.
+    #[serde(default = "default_window", deserialize_with = "count_or_list")]
+    pub window: Vec<usize>,
+}
+
+fn default_window() -> Vec<usize> {
+    vec![0]
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -153,11 +193,45 @@ impl RelaxSection {
 pub struct RuntimeSection {
     /// Tokio worker threads for the actors.
     pub workers: usize,
+    /// Units per actor: "layer", "unit", or a number k for blocks of k units.
+    pub granularity: GranularityKey,
+    /// Record where every value used in an update came from and count the
+    /// reads from actors that are not neighbours.
+    pub audit: bool,
+    /// Most events kept in a `--trace-file`; later ones are dropped and the
+    /// truncation reported.
+    pub trace_limit: usize,
 }
 
 impl Default for RuntimeSection {
     fn default() -> Self {
-        RuntimeSection { workers: 2 }
+        RuntimeSection {
+            workers: 2,
+            granularity: GranularityKey::Name("layer".to_owned()),
+            audit: false,
+            trace_limit: 1_000_000,
+        }
+    }
+}
+
+/// `runtime.granularity` as written: a name or a block size.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum GranularityKey {
+    Name(String),
+    Units(usize),
+}
+
+impl GranularityKey {
+    /// Returns the granularity, or `None` for an unknown name or a block of 0.
+    pub fn granularity(&self) -> Option<Granularity> {
+        match self {
+            GranularityKey::Name(name) if name == "layer" => Some(Granularity::Layer),
+            GranularityKey::Name(name) if name == "unit" => Some(Granularity::Unit),
+            GranularityKey::Name(_) | GranularityKey::Units(0) => None,
+            GranularityKey::Units(1) => Some(Granularity::Unit),
+            GranularityKey::Units(k) => Some(Granularity::Block(*k)),
+        }
     }
 }
 
@@ -247,6 +321,23 @@ fn number_or_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<V
     Ok(match NumberOrList::deserialize(deserializer)? {
         NumberOrList::Number(value) => vec![value],
         NumberOrList::List(values) => values,
+    })
+}
+
+/// A count, or a list of counts, in a scenario file.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CountOrList {
+    Count(usize),
+    List(Vec<usize>),
+}
+
+fn count_or_list<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<usize>, D::Error> {
+    Ok(match CountOrList::deserialize(deserializer)? {
+        CountOrList::Count(value) => vec![value],
+        CountOrList::List(values) => values,
     })
 }
 
@@ -347,7 +438,59 @@ impl Scenario {
         }
         at_least_one(r.max_steps, "relax.max_steps", &bad)?;
 
+        if n.window.len() != 1 && n.window.len() != hidden {
+            return Err(bad(
+                "network.window",
+                format!("{:?}", n.window),
+                &format!("give 1 value or {hidden} (one per layer above the input)"),
+            ));
+        }
+
         at_least_one(self.runtime.workers, "runtime.workers", &bad)?;
+        if self.runtime.granularity.granularity().is_none() {
+            let value = match &self.runtime.granularity {
+                GranularityKey::Name(name) => format!("\"{name}\""),
+                GranularityKey::Units(k) => k.to_string(),
+            };
+            return Err(bad(
+                "runtime.granularity",
+                value,
+                "must be \"layer\", \"unit\" or a block size of at least 1",
+            ));
+        }
+        at_least_one(self.runtime.trace_limit, "runtime.trace_limit", &bad)?;
+        let blocks = self.granularity() != Granularity::Layer;
+        if blocks && self.train.reseed_every > 0 {
+            return Err(bad(
+                "train.reseed_every",
+                self.train.reseed_every.to_string(),
+                "must be 0 unless runtime.granularity is \"layer\" (blocks do not reseed)",
+            ));
+        }
+        if blocks && self.encode.schedule == EncodeSchedule::Actors {
+            return Err(bad(
+                "encode.schedule",
+                "\"actors\"".to_owned(),
+                "must be \"synchronous\" unless runtime.granularity is \"layer\"",
+            ));
+        }
+        if let Some(p) = &self.perturbation {
+            if p.unit >= n.layers[0] {
+                return Err(bad(
+                    "perturbation.unit",
+                    p.unit.to_string(),
+                    &format!("must be below {} (the input size)", n.layers[0]),
+                ));
+            }
+            if !(p.delta.is_finite() && p.delta != 0.0) {
+                return Err(bad(
+                    "perturbation.delta",
+                    p.delta.to_string(),
+                    "must be a finite number other than 0",
+                ));
+            }
+            at_least_one(p.images, "perturbation.images", &bad)?;
+        }
 
         let t = &self.train;
         at_least_one(t.batch_size, "train.batch_size", &bad)?;
@@ -402,6 +545,31 @@ impl Scenario {
         }
 
         Ok(())
+    }
+
+    /// Returns the actor granularity (layer when the key is invalid, which
+    /// validation rejects).
+    pub fn granularity(&self) -> Granularity {
+        self.runtime
+            .granularity
+            .granularity()
+            .unwrap_or(Granularity::Layer)
+    }
+
+    /// Returns the connectivity of every layer above the input.
+    pub fn connectivity(&self) -> Vec<Connectivity> {
+        let hidden = self.network.layers.len() - 1;
+        let window = |w: usize| {
+            if w == 0 {
+                Connectivity::Dense
+            } else {
+                Connectivity::Window(w)
+            }
+        };
+        match self.network.window.as_slice() {
+            [one] => vec![window(*one); hidden],
+            many => many.iter().map(|&w| window(w)).collect(),
+        }
     }
 
     /// Returns one sparsity weight per layer above the input.

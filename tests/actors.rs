@@ -33,6 +33,7 @@ fn config(tolerance: f64, delay: Option<DelayConfig>) -> RuntimeConfig {
         timeout: Duration::from_secs(10),
         workers: 2,
         delay,
+        ..Default::default()
     }
 }
 

@@ -111,6 +111,7 @@ fn actors_report_divergence_above_stability_bound() {
         timeout: Duration::from_secs(30),
         workers: 2,
         delay: None,
+        ..Default::default()
     };
     let mut actors = ActorNetwork::spawn(&network(), config).unwrap();
     let options = BatchOptions {
@@ -142,6 +143,7 @@ fn unused_unit_is_reseeded_from_data() {
         timeout: Duration::from_secs(30),
         workers: 2,
         delay: None,
+        ..Default::default()
     };
     let mut actors = ActorNetwork::spawn(&network, config).unwrap();
     let quiet = BatchOptions {

@@ -26,7 +26,7 @@ fn interrupted_run_saves_and_exits_130() {
     let mut lines = BufReader::new(stderr).lines();
     // Wait until training has started, then press Ctrl-C.
     for line in lines.by_ref() {
-        if line.unwrap().contains("training with layer actors") {
+        if line.unwrap().contains("training with actors") {
             break;
         }
     }

@@ -27,6 +27,7 @@ fn actors_reduce_reconstruction_error_on_mnist() {
         timeout: Duration::from_secs(60),
         workers: 2,
         delay: None,
+        ..Default::default()
     };
     let mut actors = ActorNetwork::spawn(&network, config).unwrap();
     let batch = 50;

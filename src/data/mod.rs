@@ -69,6 +69,44 @@ impl Dataset {
             cols: self.cols,
         }
     }
+
+    /// Returns the images shrunk to `side x side` pixels by averaging blocks
+    /// of `f x f` pixels, `f = min(rows, cols) / side`, over the centred
+    /// square of `side·f` pixels (28 x 28 to 8 x 8 averages 3 x 3 blocks of
+    /// the centre 24 x 24). Returns `None` when `side` is 0 or larger than
+    /// the images.
+    pub fn downsample(&self, side: usize) -> Option<Dataset> {
+        let shortest = self.rows.min(self.cols);
+        if side == 0 || side > shortest {
+            return None;
+        }
+        let factor = shortest / side;
+        let top = (self.rows - side * factor) / 2;
+        let left = (self.cols - side * factor) / 2;
+        let area = (factor * factor) as f32;
+        let mut images = Array2::zeros((self.len(), side * side));
+        for (image, mut out) in self.images.rows().into_iter().zip(images.rows_mut()) {
+            for r in 0..side {
+                for c in 0..side {
+                    let mut total = 0.0;
+                    for dr in 0..factor {
+                        for dc in 0..factor {
+                            let row = top + r * factor + dr;
+                            let col = left + c * factor + dc;
+                            total += image[row * self.cols + col];
+                        }
+                    }
+                    out[r * side + c] = total / area;
+                }
+            }
+        }
+        Some(Dataset {
+            images,
+            labels: self.labels.clone(),
+            rows: side,
+            cols: side,
+        })
+    }
 }
 
 /// The train and test splits of one release.
@@ -623,4 +661,29 @@ fn to_dataset(
         rows: side,
         cols: side,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downsampling_averages_centred_blocks() {
+        // A 5 x 5 image to 2 x 2: blocks of 2 x 2 over the centre 4 x 4
+        // (rows and columns 0..4, since (5 − 4) / 2 rounds down to 0).
+        let pixels: Vec<f32> = (0..25).map(|v| v as f32).collect();
+        let data = Dataset {
+            images: Array2::from_shape_vec((1, 25), pixels).unwrap(),
+            labels: vec![3],
+            rows: 5,
+            cols: 5,
+        };
+        let small = data.downsample(2).unwrap();
+        assert_eq!((small.rows, small.cols), (2, 2));
+        // Top-left block: 0, 1, 5, 6; top-right: 2, 3, 7, 8.
+        assert_eq!(small.images.row(0).to_vec(), vec![3.0, 5.0, 13.0, 15.0]);
+        assert_eq!(small.labels, vec![3]);
+        assert!(data.downsample(0).is_none());
+        assert!(data.downsample(6).is_none());
+    }
 }

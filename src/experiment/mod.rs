@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::data::{Dataset, default_cache_dir, load_splits};
 use crate::error::Error;
-use crate::model::{Network, random_network, row_norms};
+use crate::model::{Network, random_network, restrict, row_norms};
 use crate::readout::{ReadoutConfig, SoftmaxReadout};
 use crate::relaxation::{Outcome, RelaxReport};
 use crate::report::write_projective_fields;
@@ -28,8 +28,10 @@ use crate::runtime::{ActorNetwork, BatchOptions, RuntimeConfig};
 use crate::scenario::{EncodeSchedule, Scenario};
 use crate::solver::Solver;
 
+mod instruments;
 mod train;
 
+pub use instruments::PerturbationSummary;
 use train::train;
 
 /// Tiles per row of the projective-field figure.
@@ -84,6 +86,22 @@ pub struct Summary {
     pub encode_max_residual: Option<f64>,
     pub encode_rows_above_tolerance: Option<usize>,
     pub message: Option<String>,
+    /// "layer", "unit" or "block of k", and how many actors that made.
+    pub granularity: String,
+    pub actors: usize,
+    /// With `runtime.audit`: message values used in updates whose sender is
+    /// not a neighbour (0 for a local network), and all values checked.
+    pub non_local_reads: Option<u64>,
+    pub audited_reads: Option<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub non_local_examples: Vec<String>,
+    /// Messages counted on the wires (`traffic.csv`) over the whole run.
+    pub traffic_messages: u64,
+    pub busiest_edge: Option<String>,
+    pub perturbation: Option<PerturbationSummary>,
+    /// Events kept in and dropped from the `--trace-file`, when one is written.
+    pub trace_events: Option<usize>,
+    pub trace_dropped: Option<usize>,
     /// The per-batch table written to `training.csv`.
     #[serde(skip)]
     pub training_csv: String,
@@ -96,6 +114,8 @@ pub struct RunOptions {
     pub out: Option<PathBuf>,
     pub overrides: Vec<String>,
     pub progress: bool,
+    /// Where to write a Chrome trace of the training actors.
+    pub trace_file: Option<PathBuf>,
 }
 
 /// Runs a scenario end to end and returns the summary written.
@@ -115,7 +135,23 @@ pub fn run(options: &RunOptions, interrupted: Arc<AtomicBool>) -> Result<Summary
     } else {
         scenario.data.cache_dir.clone()
     };
-    let splits = load_splits(&scenario.data.dir, &cache)?;
+    let mut splits = load_splits(&scenario.data.dir, &cache)?;
+    let side = scenario.data.downsample;
+    if side > 0 {
+        let (rows, cols) = (splits.train.rows, splits.train.cols);
+        let small = splits
+            .train
+            .downsample(side)
+            .zip(splits.test.downsample(side));
+        let Some((train, test)) = small else {
+            return Err(Error::Mismatch(format!(
+                "data.downsample = {side} is larger than the {rows}x{cols} images; use 1 to {}",
+                rows.min(cols)
+            )));
+        };
+        splits.train = train;
+        splits.test = test;
+    }
     check_sizes(&scenario, &splits.train, &splits.test)?;
     let mut summary = Summary {
         scenario: options.scenario.display().to_string(),
@@ -155,12 +191,20 @@ pub fn run(options: &RunOptions, interrupted: Arc<AtomicBool>) -> Result<Summary
     }
 
     check_memory(&scenario.network.layers)?;
-    let network: Network<f32> = random_network(
+    let mut network: Network<f32> = random_network(
         &scenario.network.layers,
         &scenario.alpha_per_layer(),
         scenario.network.init,
         scenario.seed,
     );
+    let sizes = &scenario.network.layers;
+    let masks: Vec<_> = scenario
+        .connectivity()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| c.mask(sizes[i], sizes[i + 1]))
+        .collect();
+    restrict(&mut network, &masks);
     let trained = train(
         &scenario,
         &splits.train,
@@ -168,7 +212,8 @@ pub fn run(options: &RunOptions, interrupted: Arc<AtomicBool>) -> Result<Summary
         &mut summary,
         &interrupted,
         options,
-    );
+        &out,
+    )?;
     let (network, status) = match trained {
         Ok(network) => (network, None),
         Err((network, status, message)) => (network, Some((status, message))),
@@ -363,6 +408,7 @@ impl Encoder {
                 timeout: Duration::from_secs_f64(scenario.relax.timeout_seconds),
                 workers: scenario.runtime.workers,
                 delay: None,
+                ..Default::default()
             };
             if let Ok(actors) = ActorNetwork::spawn(network, config) {
                 return Encoder::Actors(Box::new(actors));

@@ -2,24 +2,29 @@
 //! actors, equation 1 applied at each detected output state, and the
 //! per-batch bookkeeping that `summary.json` and `training.csv` report.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ndarray::{Array2, s};
 use tracing::{debug, info};
 
-use super::{RunOptions, Status, Summary, mean, mean_usize, progress, unit_rows};
+use super::{RunOptions, Status, Summary, instruments, mean, mean_usize, progress, unit_rows};
 use crate::data::Dataset;
+use crate::error::Error;
 use crate::model::Network;
 use crate::relaxation::{Outcome, RelaxReport};
 use crate::runtime::{ActorNetwork, BatchOptions, BatchResult, RuntimeConfig};
 use crate::scenario::Scenario;
+use crate::trace::{AuditResult, TraceRecorder, merge};
 
 /// The last good weights (if any), the status and a message.
 pub(super) type TrainFailure = (Option<Network<f32>>, Status, String);
 
-/// Trains with the actors; on failure returns the last good weights, the
-/// status and a message.
+/// Trains with the actors, then runs the locality instruments on them.
+/// The outer error is a file that could not be written; the inner one a
+/// failed training, with the last good weights, the status and a message.
 pub(super) fn train(
     scenario: &Scenario,
     train_set: &Dataset,
@@ -27,28 +32,44 @@ pub(super) fn train(
     summary: &mut Summary,
     interrupted: &AtomicBool,
     options: &RunOptions,
-) -> Result<Option<Network<f32>>, TrainFailure> {
+    out: &Path,
+) -> Result<Result<Option<Network<f32>>, TrainFailure>, Error> {
     let t = &scenario.train;
     let images = summary.train_images;
     let batches_per_epoch = images.div_ceil(t.batch_size);
     let total = batches_per_epoch * t.epochs;
+    let trace = options
+        .trace_file
+        .as_ref()
+        .map(|_| Arc::new(TraceRecorder::new(scenario.runtime.trace_limit)));
     let config = RuntimeConfig {
         relax: scenario.relax.config(),
         timeout: Duration::from_secs_f64(scenario.relax.timeout_seconds),
         workers: scenario.runtime.workers,
         delay: None,
+        granularity: scenario.granularity(),
+        connectivity: scenario.connectivity(),
+        audit: scenario.runtime.audit,
+        trace: trace.clone(),
+        planted: Vec::new(),
     };
     let mut actors = match ActorNetwork::spawn(&network, config) {
         Ok(actors) => actors,
-        Err(e) => return Err((Some(network), Status::Diverged, e.to_string())),
+        Err(e) => return Ok(Err((Some(network), Status::Diverged, e.to_string()))),
     };
+    summary.granularity = scenario.granularity().to_string();
+    summary.actors = actors.topology.roles.len();
+    let mut audit = scenario.runtime.audit.then(AuditResult::default);
     info!(
         batches = total,
         batch_size = t.batch_size,
-        "training with layer actors"
+        granularity = %summary.granularity,
+        actors = summary.actors,
+        "training with actors"
     );
     let bar = progress(options.progress, total as u64, "train");
     let stats = actors.stats();
+    let traffic = actors.traffic();
     let mut log = TrainingLog::new(network.weights.clone());
     summary.reseeded_units = vec![0; network.weights.len()];
     let started = Instant::now();
@@ -76,6 +97,9 @@ pub(super) fn train(
                     break 'epochs;
                 }
             };
+            if let Some(total) = audit.as_mut() {
+                merge(total, crate::trace::audit(&actors.topology, &result.actors));
+            }
             let diverged = divergence(k, &result);
             log.record(k, rate, &result, summary, diverged.is_none());
             if let Some(message) = diverged {
@@ -85,8 +109,18 @@ pub(super) fn train(
 
             let sent: u64 = stats.iter().map(|e| e.sent).sum();
             let seconds = started.elapsed().as_secs_f64().max(1e-9);
+            let busiest = traffic
+                .iter()
+                .max_by_key(|e| e.messages)
+                .and_then(|e| actors.wires.get(*e.key()).copied());
+            let busiest = busiest.map_or_else(String::new, |edge| {
+                format!(
+                    ", busiest {} -> {}",
+                    actors.topology.roles[edge.from], actors.topology.roles[edge.to]
+                )
+            });
             bar.set_message(format!(
-                "{:.0} msg/s, {:.0} updates/relaxation",
+                "{:.0} msg/s, {:.0} updates/relaxation{busiest}",
                 sent as f64 / seconds,
                 mean_usize(&log.updates)
             ));
@@ -98,6 +132,21 @@ pub(super) fn train(
         }
     }
     bar.finish_and_clear();
+    if let (None, Some(settings)) = (&failure, &scenario.perturbation) {
+        match instruments::perturbation(&mut actors, settings, train_set, out) {
+            Ok(result) => summary.perturbation = Some(result),
+            Err(message) => failure = Some((Status::Failed, message)),
+        }
+    }
+    if let Some(total) = audit {
+        summary.non_local_reads = Some(total.non_local_reads);
+        summary.audited_reads = Some(total.reads);
+        summary.non_local_examples = total.examples;
+    }
+    instruments::write_traffic(&actors, out, summary)?;
+    if let (Some(recorder), Some(path)) = (&trace, &options.trace_file) {
+        instruments::write_trace(recorder, path, &actors.topology.names(), summary)?;
+    }
     actors.shutdown();
     if failure.is_none()
         && summary.relaxations > 0
@@ -117,10 +166,10 @@ pub(super) fn train(
         seconds = started.elapsed().as_secs_f64(),
         "training done"
     );
-    match failure {
+    Ok(match failure {
         None => Ok(Some(trained)),
         Some((status, message)) => Err((Some(trained), status, message)),
-    }
+    })
 }
 
 /// Returns why a batch counts as diverged, if it does: a diverged

@@ -48,3 +48,22 @@ pub fn random_network<A: NdFloat>(
         alpha: alpha.iter().map(|&a| cast(a)).collect(),
     }
 }
+
+/// Removes the synapses that `masks` (one `n_{i−1} x n_i` mask per layer,
+/// true where a synapse exists) does not allow, then rescales the columns to
+/// unit norm. Returns the columns left with no synapse of non-zero weight.
+pub fn restrict<A: NdFloat>(network: &mut Network<A>, masks: &[Array2<bool>]) -> Vec<Vec<usize>> {
+    network
+        .weights
+        .iter_mut()
+        .zip(masks)
+        .map(|(w, mask)| {
+            w.zip_mut_with(mask, |v, &keep| {
+                if !keep {
+                    *v = A::zero();
+                }
+            });
+            normalize_columns(w)
+        })
+        .collect()
+}

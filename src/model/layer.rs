@@ -39,6 +39,9 @@ pub struct Layer<A> {
     pub step_scale: A,
     /// Rows (images) excluded from relaxation because their input is all zero.
     pub blank: Vec<bool>,
+    /// 1 where a synapse exists and 0 where the connectivity has none;
+    /// `None` when every synapse exists. Learning keeps missing ones at zero.
+    pub mask: Option<Array2<A>>,
     /// Upper estimate of `‖W_i‖₂²`, refreshed whenever `w` changes.
     lipschitz: A,
 }
@@ -99,6 +102,7 @@ impl<A: NdFloat> Layer<A> {
             has_above,
             step_scale,
             blank: Vec::new(),
+            mask: None,
             lipschitz: A::one(),
         };
         layer.refresh_bound();
@@ -274,7 +278,10 @@ impl<A: NdFloat> Layer<A> {
     /// evaluation and the layer's state, then renormalises the columns to unit
     /// norm. Returns the columns whose norm was zero (left unscaled).
     pub fn learn(&mut self, eval: &LayerEval<A>, rate: A) -> Vec<usize> {
-        let gradient = weight_gradient(eval.residual.view(), self.x.view());
+        let mut gradient = weight_gradient(eval.residual.view(), self.x.view());
+        if let Some(mask) = &self.mask {
+            gradient *= mask;
+        }
         self.w.scaled_add(-rate, &gradient);
         let zero_columns = normalize_columns(&mut self.w);
         self.refresh_bound();
@@ -284,6 +291,10 @@ impl<A: NdFloat> Layer<A> {
     /// Replaces column `k` of `W_i` by `seed` scaled to unit norm. Returns
     /// false, leaving the column as it was, when the seed has zero norm.
     pub fn reseed_column(&mut self, k: usize, seed: ndarray::ArrayView1<A>) -> bool {
+        let seed = match &self.mask {
+            Some(mask) => &seed * &mask.column(k),
+            None => seed.to_owned(),
+        };
         let norm = seed.dot(&seed).sqrt();
         if norm <= tiny() || !norm.is_finite() {
             return false;

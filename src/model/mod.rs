@@ -31,7 +31,7 @@
 pub mod init;
 mod layer;
 
-pub use init::{WeightInit, random_network};
+pub use init::{WeightInit, random_network, restrict};
 pub use layer::{Layer, LayerEval};
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, NdFloat, Zip};

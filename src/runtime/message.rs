@@ -2,9 +2,11 @@
 //! neighbours, control messages from the driver and the detector, and the
 //! replies actors send back.
 
+use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
-use ndarray::Array2;
+use ndarray::{Array1, Array2};
 
 use super::topology::{ActorId, MessageKind};
 use crate::relaxation::Outcome;
@@ -20,7 +22,35 @@ pub struct DataMessage<A> {
     /// Position in the sender's stream on this edge; with injected delays
     /// messages can overtake each other, and a receiver keeps the newest.
     pub sequence: u64,
+    /// The sequence number of the receiver's newest message on the reverse
+    /// edge that the sender had taken into account when it formed this one;
+    /// 0 when the protocol does not answer (layer granularity).
+    pub ack: u64,
+    /// Message hops from the perturbed input unit to the sender's
+    /// information, plus one; [`UNTOUCHED`] when the perturbation has not
+    /// reached the sender.
+    pub hops: u32,
+    /// Identifier in the trace file, 0 when no trace is recorded.
+    pub trace_id: u64,
     pub payload: Arc<Array2<A>>,
+}
+
+/// The hop count of a message whose sender the perturbation has not reached.
+pub const UNTOUCHED: u32 = u32::MAX;
+
+/// What a block-granularity actor starts a relaxation from: the driver sets
+/// the same initial state at every granularity, so that they can be compared
+/// (fixed points need not be unique).
+#[derive(Clone, Debug)]
+pub struct BlockStart<A> {
+    /// The actor's starting values: its units' states for a block, its slice
+    /// of `x_0` for an input block, lambda (one column) for the lambda actor.
+    pub values: Array2<A>,
+    /// Upper estimate of `‖W_i‖²` of the actor's layer, for the step size; a
+    /// parameter like the learning rate, refreshed between relaxations.
+    pub lipschitz: A,
+    /// Rows whose input is all zero; they never step.
+    pub blank: Arc<Vec<bool>>,
 }
 
 /// A request from the driver or the detector. Actors handle control messages
@@ -33,7 +63,17 @@ pub enum Control<A> {
     Start {
         batch: u64,
         input: Option<Arc<Array2<A>>>,
+        start: Option<Box<BlockStart<A>>>,
     },
+    /// Lets block-granularity actors send their first messages, once every
+    /// actor has taken `Start` (so none drops them as belonging to an older
+    /// relaxation).
+    Go,
+    /// Continues the current relaxation after changing one input unit:
+    /// `change` is `(unit within the receiver's block, delta)` for the actor
+    /// that owns the unit and `None` for the others, which only reset their
+    /// record of when the change first reached them.
+    Perturb { change: Option<(usize, f64)> },
     /// Asks for the actor's counters and settled flag for wave `wave`.
     Probe { wave: u64 },
     /// Applies equation 1 with this learning rate (0 to only report), then
@@ -90,6 +130,45 @@ pub struct LayerSummary<A> {
     pub reconstruction: Vec<f64>,
     pub state: Option<Arc<Array2<A>>>,
     pub weights: Option<Arc<Array2<A>>>,
+    pub report: ActorReport,
+}
+
+/// When a perturbation first changed an actor's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FirstChange {
+    /// Message hops from the perturbed input unit to this change.
+    pub hops: u32,
+    pub at: Instant,
+}
+
+/// What every actor reports at the end of a relaxation, whatever its role.
+#[derive(Clone, Debug, Default)]
+pub struct ActorReport {
+    pub actor: ActorId,
+    /// Relaxation steps (input blocks: residuals formed).
+    pub updates: usize,
+    /// With the audit on: per sender and kind, how many message values the
+    /// actor used in state and synapse updates.
+    pub reads: Vec<(ActorId, MessageKind, u64)>,
+    pub first_change: Option<FirstChange>,
+}
+
+/// A block-granularity actor's account of the relaxation that just ended.
+#[derive(Clone, Debug)]
+pub struct BlockSummary<A> {
+    pub report: ActorReport,
+    pub outcome: Outcome,
+    /// The layer (0 for input blocks and lambda) and the units owned.
+    pub layer: usize,
+    pub units: Range<usize>,
+    /// The units' states (blocks) or lambda (one column, lambda actor).
+    pub values: Option<Array2<A>>,
+    /// The block's columns of `W_layer` after any learning step.
+    pub weights: Option<Array2<A>>,
+    /// Per row, the residual the actor last saw (blocks and lambda).
+    pub row_residual: Array1<f64>,
+    /// Columns whose norm was zero after the equation-1 step.
+    pub zero_columns: Vec<usize>,
 }
 
 /// Replies to the driver.
@@ -97,4 +176,7 @@ pub struct LayerSummary<A> {
 pub enum Reply<A> {
     Ready(ActorId),
     Finished(Box<LayerSummary<A>>),
+    BlockFinished(Box<BlockSummary<A>>),
+    /// An actor that has nothing else to report (the layer-granularity input).
+    Report(ActorReport),
 }

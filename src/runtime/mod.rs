@@ -30,30 +30,35 @@
 //!   are dropped with the mailboxes.
 
 pub mod actor;
+mod block;
 pub mod message;
 pub mod topology;
 
+use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, unbounded};
 use dashmap::DashMap;
-use ndarray::{Array2, NdFloat};
+use ndarray::{Array1, Array2, Axis, NdFloat, s};
 use thiserror::Error;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tracing::{Instrument, debug, debug_span};
 
-pub use actor::{ActorStats, DelayConfig, LiveStats};
-pub use message::LayerSummary;
-pub use topology::{ActorId, Edge, MessageKind, Role, Topology};
+pub use actor::{ActorStats, DelayConfig, EdgeCount, LiveStats, Traffic};
+pub use message::{ActorReport, FirstChange, LayerSummary};
+pub use topology::{ActorId, Connectivity, Edge, Granularity, MessageKind, Role, Topology};
 
 use actor::{LayerActor, Mailboxes, Outgoing, Shared, Wiring};
-use message::{Control, Reply};
+use block::{BlockActor, BlockParts, BlockSynapses, InputBlockActor, LambdaActor};
+use message::{BlockStart, BlockSummary, Control, Reply};
 
-use crate::model::Network;
+use crate::model::{Layer, Network, cast};
 use crate::quiescence::{Detection, Detector, DetectorError};
 use crate::relaxation::{Outcome, RelaxConfig, RelaxReport};
-use crate::solver::build_layers;
+use crate::solver::{build_layers, summarize};
+use crate::trace::TraceRecorder;
 
 /// Errors of the actor runtime.
 #[derive(Debug, Error)]
@@ -66,10 +71,12 @@ pub enum RuntimeError {
     ActorLost { actor: ActorId },
     #[error("no reply from the actors within {seconds:.1} s")]
     NoReply { seconds: f64 },
+    #[error("input unit {unit} does not exist (the input has {units} units)")]
+    NoSuchUnit { unit: usize, units: usize },
 }
 
 /// Settings of the actor runtime.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct RuntimeConfig {
     pub relax: RelaxConfig,
     /// Wall-clock limit for one relaxation to become quiescent.
@@ -77,6 +84,48 @@ pub struct RuntimeConfig {
     /// Tokio worker threads.
     pub workers: usize,
     pub delay: Option<DelayConfig>,
+    /// How many units each actor owns.
+    pub granularity: Granularity,
+    /// Per layer, which synapses exist; missing entries are dense.
+    pub connectivity: Vec<Connectivity>,
+    /// Record where every message value used in an update came from.
+    pub audit: bool,
+    pub trace: Option<Arc<TraceRecorder>>,
+    /// Wires added outside the topology. They exist only so that a test can
+    /// show the audit catching a read from a non-neighbour.
+    pub planted: Vec<Edge>,
+}
+
+impl std::fmt::Debug for RuntimeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeConfig")
+            .field("relax", &self.relax)
+            .field("timeout", &self.timeout)
+            .field("workers", &self.workers)
+            .field("delay", &self.delay)
+            .field("granularity", &self.granularity)
+            .field("connectivity", &self.connectivity)
+            .field("audit", &self.audit)
+            .field("trace", &self.trace.is_some())
+            .field("planted", &self.planted)
+            .finish()
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            relax: RelaxConfig::default(),
+            timeout: Duration::from_secs(60),
+            workers: 2,
+            delay: None,
+            granularity: Granularity::Layer,
+            connectivity: Vec::new(),
+            audit: false,
+            trace: None,
+            planted: Vec::new(),
+        }
+    }
 }
 
 /// Actions taken at the output state of a batch.
@@ -97,18 +146,51 @@ pub struct BatchResult<A> {
     pub detection: Detection,
     /// Layer 1 first.
     pub layers: Vec<LayerSummary<A>>,
+    /// Every actor's report, by actor id.
+    pub actors: Vec<ActorReport>,
+    /// Lambda per image at the output state.
+    pub lambda: Array1<A>,
+}
+
+/// Where a perturbation of one input unit reached, per actor.
+#[derive(Clone, Debug)]
+pub struct PerturbationRow {
+    pub actor: ActorId,
+    pub name: String,
+    /// Message hops to the actor's first change; `None` if it never changed.
+    pub hops: Option<u32>,
+    /// Fewest edges from the perturbed unit's actor; `None` if unreachable.
+    pub graph_distance: Option<usize>,
+    /// Microseconds from the perturbation to the first change.
+    pub first_change_us: Option<f64>,
+}
+
+/// The result of [`ActorNetwork::perturb`].
+#[derive(Clone, Debug)]
+pub struct Perturbation {
+    pub rows: Vec<PerturbationRow>,
+    /// The relaxation from the old output state to the new one.
+    pub report: RelaxReport,
 }
 
 /// A network of running actors.
 pub struct ActorNetwork<A> {
     runtime: Option<tokio::runtime::Runtime>,
     pub topology: Topology,
+    /// Every wire: the topology's edges, then the planted ones.
+    pub wires: Vec<Edge>,
     control_txs: Arc<Vec<UnboundedSender<Control<A>>>>,
     replies_rx: Receiver<Reply<A>>,
     detector: Detector,
     stats: LiveStats,
+    traffic: Traffic,
     config: RuntimeConfig,
+    /// The current parameters, kept by the driver at block granularity to
+    /// set starting states and to check output states.
+    network: Network<A>,
     batch: u64,
+    /// The clamped input of the current relaxation.
+    input: Arc<Array2<A>>,
     /// Data messages counted by all detections so far; the detector's counts
     /// run from the actors' start, so a batch's own count is the difference.
     messages_before: u64,
@@ -118,23 +200,32 @@ impl<A> ActorNetwork<A>
 where
     A: NdFloat + Send + Sync + 'static,
 {
-    /// Spawns one actor per role of the layered topology of `network`.
+    /// Spawns one actor per role of the topology of `network` at the
+    /// configured granularity and connectivity.
     pub fn spawn(network: &Network<A>, config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.workers.max(1))
             .thread_name("ign-actor")
             .enable_time()
             .build()?;
-        let topology = Topology::layered(network.weights.len());
+        let sizes = network.sizes();
+        let topology = Topology::new(&sizes, config.granularity, &config.connectivity);
+        let mut wires = topology.edges.clone();
+        wires.extend(config.planted.iter().copied());
         let actors = topology.roles.len();
         let (events_tx, events_rx) = unbounded();
         let (replies_tx, replies_rx) = unbounded();
         let stats: LiveStats = Arc::new(DashMap::new());
+        let traffic: Traffic = Arc::new(DashMap::new());
         let shared = Shared {
             events_tx,
             replies_tx,
             stats: Arc::clone(&stats),
+            traffic: Arc::clone(&traffic),
             delay: config.delay,
+            audit: config.audit,
+            trace: config.trace.clone(),
+            trace_ids: Arc::new(AtomicU64::new(0)),
         };
         let mut data_txs = Vec::new();
         let mut data_rxs = Vec::new();
@@ -149,16 +240,35 @@ where
             control_rxs.push(Some(rx));
         }
 
+        let masks: Vec<Array2<bool>> = (1..sizes.len())
+            .map(|i| topology.connectivity[i - 1].mask(sizes[i - 1], sizes[i]))
+            .collect();
         let mut layers = build_layers(network, &config.relax).into_iter();
         for (id, role) in topology.roles.iter().enumerate() {
-            let outgoing = topology
-                .outgoing(id)
-                .map(|&edge| Outgoing {
+            let outgoing: Vec<Outgoing<A>> = wires
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.from == id)
+                .map(|(wire, &edge)| Outgoing {
                     edge,
+                    wire,
                     data_tx: data_txs[edge.to].clone(),
                     sequence: 0,
                 })
                 .collect();
+            let parts = BlockParts {
+                incoming: wires
+                    .iter()
+                    .filter(|e| e.to == id)
+                    .map(|e| (e.from, e.kind, topology::units_of(&topology.roles[e.from])))
+                    .collect(),
+                targets: outgoing
+                    .iter()
+                    .map(|o| topology::units_of(&topology.roles[o.edge.to]))
+                    .collect(),
+                units: topology::units_of(role),
+                config: config.relax,
+            };
             let mailboxes = Mailboxes {
                 data_rx: data_rxs[id].take().expect("one mailbox per actor"),
                 control_rx: control_rxs[id]
@@ -171,9 +281,34 @@ where
                 Role::Input => {
                     runtime.spawn(actor::run_input(wiring).instrument(span));
                 }
-                Role::Layer(_) => {
-                    let layer = layers.next().expect("one layer per layer role");
+                Role::Layer(i) => {
+                    let mut layer = layers.next().expect("one layer per layer role");
+                    if topology.connectivity[i - 1] != Connectivity::Dense {
+                        let mask = &masks[i - 1];
+                        layer.mask = Some(mask.mapv(|m| if m { A::one() } else { A::zero() }));
+                    }
                     let actor = LayerActor::new(wiring, layer, config.relax);
+                    runtime.spawn(actor.run().instrument(span));
+                }
+                Role::InputBlock { .. } => {
+                    let actor = InputBlockActor::new(wiring, parts);
+                    runtime.spawn(actor.run().instrument(span));
+                }
+                Role::Lambda => {
+                    let actor = LambdaActor::new(wiring, parts, sizes.len() > 2);
+                    runtime.spawn(actor.run().instrument(span));
+                }
+                Role::Block { layer, units } => {
+                    let w = network.weights[layer - 1].slice(s![.., units.clone()]);
+                    let mask = masks[layer - 1].slice(s![.., units.clone()]);
+                    let synapses = BlockSynapses {
+                        layer: *layer,
+                        w: w.to_owned(),
+                        mask: mask.mapv(|m| if m { A::one() } else { A::zero() }),
+                        alpha: network.alpha[layer - 1],
+                        has_above: *layer + 1 < sizes.len(),
+                    };
+                    let actor = BlockActor::new(wiring, parts, synapses);
                     runtime.spawn(actor.run().instrument(span));
                 }
             }
@@ -193,12 +328,16 @@ where
         Ok(ActorNetwork {
             runtime: Some(runtime),
             topology,
+            wires,
             control_txs,
             replies_rx,
             detector,
             stats,
+            traffic,
             config,
+            network: network.clone(),
             batch: 0,
+            input: Arc::new(Array2::zeros((0, sizes[0]))),
             messages_before: 0,
         })
     }
@@ -206,6 +345,12 @@ where
     /// Returns the live counters, readable while a batch runs.
     pub fn stats(&self) -> LiveStats {
         Arc::clone(&self.stats)
+    }
+
+    /// Returns the live per-wire traffic (keyed by index into
+    /// [`ActorNetwork::wires`]), readable while a batch runs.
+    pub fn traffic(&self) -> Traffic {
+        Arc::clone(&self.traffic)
     }
 
     /// Relaxes the network on `x0` (one image per row), waits for the
@@ -216,35 +361,157 @@ where
         options: BatchOptions,
     ) -> Result<BatchResult<A>, RuntimeError> {
         self.batch += 1;
+        self.input = Arc::new(x0);
+        if self.topology.granularity == Granularity::Layer {
+            self.start_layers()?;
+        } else {
+            self.start_blocks()?;
+        }
+        let detection = self.detector.wait(self.config.timeout)?;
+        self.finish(detection, options)
+    }
+
+    /// Changes input unit `unit` by `delta` in every image of the current
+    /// batch and relaxes from the last output state to the new one, recording
+    /// when and after how many message hops each actor first changed.
+    /// Call it after [`ActorNetwork::run_batch`] with a learning rate of 0.
+    pub fn perturb(&mut self, unit: usize, delta: f64) -> Result<Perturbation, RuntimeError> {
+        let units = self.input.ncols();
+        let owner = self
+            .topology
+            .input_owner(unit)
+            .filter(|_| unit < units)
+            .ok_or(RuntimeError::NoSuchUnit { unit, units })?;
+        let local = unit - topology::units_of(&self.topology.roles[owner]).start;
+        for id in (0..self.topology.roles.len()).filter(|&id| id != owner) {
+            self.control(id, Control::Perturb { change: None })?;
+        }
+        let began = Instant::now();
+        self.control(
+            owner,
+            Control::Perturb {
+                change: Some((local, delta)),
+            },
+        )?;
+        let mut changed = (*self.input).clone();
+        changed
+            .column_mut(unit)
+            .mapv_inplace(|v| v + cast::<A>(delta));
+        self.input = Arc::new(changed);
+        let detection = self.detector.wait(self.config.timeout)?;
+        let result = self.finish(detection, BatchOptions::default())?;
+        let distance = self.topology.distances_from(owner);
+        let names = self.topology.names();
+        let rows = result
+            .actors
+            .iter()
+            .map(|report| PerturbationRow {
+                actor: report.actor,
+                name: names[report.actor].clone(),
+                hops: report.first_change.map(|c| c.hops),
+                graph_distance: distance[report.actor],
+                first_change_us: report
+                    .first_change
+                    .map(|c| c.at.saturating_duration_since(began).as_secs_f64() * 1e6),
+            })
+            .collect();
+        Ok(Perturbation {
+            rows,
+            report: result.report,
+        })
+    }
+
+    /// Starts a layer-granularity relaxation: layers first, then the input.
+    fn start_layers(&mut self) -> Result<(), RuntimeError> {
         let batch = self.batch;
         let layer_ids: Vec<ActorId> = (0..self.topology.roles.len())
             .filter(|&id| matches!(self.topology.roles[id], Role::Layer(_)))
             .collect();
         for &id in &layer_ids {
-            self.control(id, Control::Start { batch, input: None })?;
+            let start = Control::Start {
+                batch,
+                input: None,
+                start: None,
+            };
+            self.control(id, start)?;
         }
         for _ in &layer_ids {
-            match self.reply()? {
-                Reply::Ready(_) => {}
-                Reply::Finished(_) => {}
-            }
+            self.reply()?;
         }
-
-        let input = Arc::new(x0);
-        for (id, role) in self.topology.roles.iter().enumerate() {
-            if *role == Role::Input {
+        for id in 0..self.topology.roles.len() {
+            if self.topology.roles[id] == Role::Input {
                 let start = Control::Start {
                     batch,
-                    input: Some(Arc::clone(&input)),
+                    input: Some(Arc::clone(&self.input)),
+                    start: None,
                 };
-                if self.control_txs[id].send(start).is_err() {
-                    return Err(RuntimeError::ActorLost { actor: id });
-                }
+                self.control(id, start)?;
             }
         }
+        Ok(())
+    }
 
-        let detection = self.detector.wait(self.config.timeout)?;
-        for &id in &layer_ids {
+    /// Starts a block-granularity relaxation from the feed-forward state of
+    /// the current parameters, the same state a layer-granularity run starts
+    /// from.
+    fn start_blocks(&mut self) -> Result<(), RuntimeError> {
+        let batch = self.batch;
+        let mut layers = build_layers(&self.network, &self.config.relax);
+        for i in 0..layers.len() {
+            let below = if i == 0 {
+                (*self.input).clone()
+            } else {
+                layers[i - 1].x.clone()
+            };
+            layers[i].start(below.view());
+        }
+        let blank = Arc::new(layers[0].blank.clone());
+        let lambda = layers[0]
+            .lambda
+            .clone()
+            .unwrap_or_else(|| Array1::zeros(self.input.nrows()));
+        for (id, role) in self.topology.roles.iter().enumerate() {
+            let (values, lipschitz) = match role {
+                Role::InputBlock { units } => {
+                    (self.input.slice(s![.., units.clone()]).to_owned(), A::one())
+                }
+                Role::Lambda => (lambda.clone().insert_axis(Axis(1)), layers[0].lipschitz()),
+                Role::Block { layer, units } => (
+                    layers[layer - 1].x.slice(s![.., units.clone()]).to_owned(),
+                    layers[layer - 1].lipschitz(),
+                ),
+                Role::Input | Role::Layer(_) => continue,
+            };
+            let start = BlockStart {
+                values,
+                lipschitz,
+                blank: Arc::clone(&blank),
+            };
+            let start = Control::Start {
+                batch,
+                input: None,
+                start: Some(Box::new(start)),
+            };
+            self.control(id, start)?;
+        }
+        for _ in 0..self.topology.roles.len() {
+            self.reply()?;
+        }
+        for id in 0..self.topology.roles.len() {
+            self.control(id, Control::Go)?;
+        }
+        Ok(())
+    }
+
+    /// Collects every actor's account of the output state after `detection`
+    /// and applies `options`.
+    fn finish(
+        &mut self,
+        detection: Detection,
+        options: BatchOptions,
+    ) -> Result<BatchResult<A>, RuntimeError> {
+        let actors = self.topology.roles.len();
+        for id in 0..actors {
             let finish = Control::Finish {
                 rate: options.rate,
                 reseed: options.reseed,
@@ -252,24 +519,151 @@ where
             };
             self.control(id, finish)?;
         }
-
         let mut layers = Vec::new();
-        while layers.len() < layer_ids.len() {
-            if let Reply::Finished(summary) = self.reply()? {
-                layers.push(*summary);
+        let mut blocks = Vec::new();
+        let mut reports = vec![ActorReport::default(); actors];
+        for _ in 0..actors {
+            match self.reply()? {
+                Reply::Finished(summary) => {
+                    let mut summary = *summary;
+                    let report = std::mem::take(&mut summary.report);
+                    let actor = report.actor;
+                    reports[actor] = report;
+                    layers.push(summary);
+                }
+                Reply::BlockFinished(summary) => {
+                    let actor = summary.report.actor;
+                    reports[actor] = summary.report.clone();
+                    blocks.push(*summary);
+                }
+                Reply::Report(report) => {
+                    let actor = report.actor;
+                    reports[actor] = report;
+                }
+                Reply::Ready(_) => {}
             }
         }
-        layers.sort_by_key(|s| s.layer);
-
         let messages = detection.messages - self.messages_before;
         self.messages_before = detection.messages;
-        let report = report_from(&layers, self.config.relax.tolerance, messages);
-        debug!(batch, waves = detection.waves, messages, "batch done");
+        let (report, layers, lambda) = if self.topology.granularity == Granularity::Layer {
+            layers.sort_by_key(|s| s.layer);
+            let report = report_from(&layers, self.config.relax.tolerance, messages);
+            (report, layers, Array1::zeros(0))
+        } else {
+            self.assemble(&blocks, options, messages)
+        };
+        debug!(
+            batch = self.batch,
+            waves = detection.waves,
+            messages,
+            "batch done"
+        );
         Ok(BatchResult {
             report,
             detection,
             layers,
+            actors: reports,
+            lambda,
         })
+    }
+
+    /// Puts the blocks' states together, measures the residuals of the whole
+    /// output state with the layer arithmetic, and takes the blocks' new
+    /// columns into the driver's copy of the parameters.
+    fn assemble(
+        &mut self,
+        blocks: &[BlockSummary<A>],
+        options: BatchOptions,
+        messages: u64,
+    ) -> (RelaxReport, Vec<LayerSummary<A>>, Array1<A>) {
+        let rows = self.input.nrows();
+        let sizes = self.network.sizes();
+        let count = sizes.len() - 1;
+        let mut x: Vec<Array2<A>> = sizes.iter().map(|&n| Array2::zeros((rows, n))).collect();
+        x[0] = (*self.input).clone();
+        let mut lambda = Array1::zeros(rows);
+        let mut updates = vec![0; count];
+        let mut outcomes = vec![Outcome::Converged; count];
+        let mut zero_columns = vec![Vec::new(); count];
+        let mut weights = self.network.weights.clone();
+        for block in blocks {
+            let Some(values) = &block.values else {
+                continue;
+            };
+            if block.layer == 0 {
+                lambda = values.column(0).to_owned();
+                updates[0] = updates[0].max(block.report.updates);
+                outcomes[0] = worse(outcomes[0], block.outcome);
+                continue;
+            }
+            let i = block.layer - 1;
+            let span: Range<usize> = block.units.clone();
+            x[block.layer]
+                .slice_mut(s![.., span.clone()])
+                .assign(values);
+            if let Some(w) = &block.weights {
+                weights[i].slice_mut(s![.., span]).assign(w);
+            }
+            updates[i] = updates[i].max(block.report.updates);
+            outcomes[i] = worse(outcomes[i], block.outcome);
+            zero_columns[i].extend(block.zero_columns.iter().copied());
+        }
+
+        let mut layers: Vec<Layer<A>> = build_layers(&self.network, &self.config.relax);
+        layers[0].start(self.input.view());
+        for (i, layer) in layers.iter_mut().enumerate() {
+            layer.x = x[i + 1].clone();
+        }
+        layers[0].lambda = Some(lambda.clone());
+        let mut evals = Vec::with_capacity(count);
+        for i in (0..count).rev() {
+            let above = evals
+                .last()
+                .map(|e: &crate::model::LayerEval<A>| e.prediction.view());
+            let eval = layers[i].evaluate(x[i].view(), above);
+            evals.push(eval);
+        }
+        evals.reverse();
+        let outcome = outcomes.iter().copied().fold(Outcome::Converged, worse);
+        let tolerance: A = cast(self.config.relax.tolerance);
+        let report = summarize(
+            &evals,
+            outcome,
+            updates.clone(),
+            tolerance,
+            &layers[0],
+            messages,
+        );
+
+        let to_f64 = |v: &A| v.to_f64().unwrap_or(f64::NAN);
+        let mut summaries = Vec::with_capacity(count);
+        for (i, eval) in evals.iter().enumerate() {
+            let r = &x[i] - &eval.prediction;
+            let reconstruction = r
+                .rows()
+                .into_iter()
+                .map(|row| 0.5 * to_f64(&row.dot(&row)))
+                .collect();
+            summaries.push(LayerSummary {
+                layer: i + 1,
+                updates: updates[i],
+                outcome: outcomes[i],
+                row_residual: eval.row_residual.iter().map(to_f64).collect(),
+                max_constraint_violation: to_f64(
+                    &eval.constraint.fold(A::zero(), |m, &v| m.max(v)),
+                ),
+                usage: layers[i].usage().to_vec(),
+                blank_rows: layers[i].blank.iter().filter(|&&b| b).count(),
+                zero_columns: std::mem::take(&mut zero_columns[i]),
+                reseeded: Vec::new(),
+                reconstruction,
+                state: options.return_state.then(|| Arc::new(x[i + 1].clone())),
+                weights: Some(Arc::new(weights[i].clone())),
+                report: ActorReport::default(),
+            });
+        }
+        self.network.weights = weights;
+        (report, summaries, lambda)
     }
 
     fn control(&self, id: ActorId, control: Control<A>) -> Result<(), RuntimeError> {
@@ -284,6 +678,19 @@ where
             .map_err(|_| RuntimeError::NoReply {
                 seconds: self.config.timeout.as_secs_f64(),
             })
+    }
+
+    /// Returns the traffic of every wire that carried at least one message,
+    /// by wire index.
+    pub fn traffic_snapshot(&self) -> Vec<(Edge, EdgeCount)> {
+        self.wires
+            .iter()
+            .enumerate()
+            .map(|(wire, &edge)| {
+                let count = self.traffic.get(&wire).map(|c| *c).unwrap_or_default();
+                (edge, count)
+            })
+            .collect()
     }
 
     /// Stops every actor and the tokio runtime.
@@ -306,6 +713,16 @@ impl<A> Drop for ActorNetwork<A> {
             runtime.shutdown_background();
         }
     }
+}
+
+/// Returns the worse of two outcomes: diverged, then capped, then converged.
+fn worse(a: Outcome, b: Outcome) -> Outcome {
+    let rank = |o: Outcome| match o {
+        Outcome::Converged => 0,
+        Outcome::Capped => 1,
+        Outcome::Diverged => 2,
+    };
+    if rank(b) > rank(a) { b } else { a }
 }
 
 /// Combines the layers' summaries into the report every schedule produces.
