@@ -11,6 +11,7 @@ use crate::gradcheck::GradientCheckError;
 use crate::readout::ReadoutError;
 use crate::report::FigureError;
 use crate::scenario::ScenarioError;
+use crate::store::StoreError;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -35,6 +36,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Figure(#[from] FigureError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("readout failed: {0}")]
     Readout(#[from] ReadoutError),
     /// The run could not do its job; partial outputs were written.
@@ -42,6 +45,9 @@ pub enum Error {
     Failed(String),
     #[error("interrupted; partial outputs written")]
     Interrupted,
+    /// Ctrl-C during a job that writes its files only when complete.
+    #[error("interrupted; no output was written")]
+    InterruptedBeforeOutput,
 }
 
 impl Error {
@@ -49,13 +55,14 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Scenario(_) | Error::Data(_) | Error::Mismatch(_) | Error::OutputDir { .. } => 2,
+            Error::Store(_) => 2,
             Error::GradientCheck(
                 GradientCheckError::InvalidSizes { .. }
                 | GradientCheckError::TooLarge { .. }
                 | GradientCheckError::InvalidAlpha { .. }
                 | GradientCheckError::InvalidStep { .. },
             ) => 2,
-            Error::Interrupted => 130,
+            Error::Interrupted | Error::InterruptedBeforeOutput => 130,
             _ => 1,
         }
     }
