@@ -7,9 +7,12 @@ use std::sync::atomic::AtomicBool;
 use clap::builder::RangedU64ValueParser;
 use clap::{Parser, Subcommand};
 
+use crate::bench::{self, BenchError, ThroughputOptions};
+use crate::encode::{self, EncodeOptions};
 use crate::error::Error;
 use crate::experiment::{RunOptions, run};
 use crate::gradcheck::{self, GradientCheck};
+use crate::scenario::GranularityKey;
 
 /// Largest integer a TOML file can contain (a TOML integer is an i64). The
 /// numeric flags become TOML overrides, so they are limited to it.
@@ -58,6 +61,52 @@ pub enum Command {
         /// `runtime.trace_limit`).
         #[arg(long, value_name = "PATH")]
         trace_file: Option<PathBuf>,
+    },
+    /// Compute the fixed-point codes of a dataset with a saved model, as .npy files.
+    Encode {
+        /// The model file that `ign run` writes (model.npz in its output directory).
+        #[arg(long)]
+        model: PathBuf,
+        /// Directory of the four MNIST-format IDX files [default: the model
+        /// scenario's data.dir].
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Output directory, created if missing.
+        #[arg(long)]
+        out: PathBuf,
+        /// Images encoded per split, the first ones [default: all].
+        #[arg(long, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+        images: Option<usize>,
+        /// Hides the progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Measure actor message throughput against a bare channel.
+    Bench {
+        /// Layer sizes, input first.
+        #[arg(long, value_delimiter = ',', default_value = "784,128,64")]
+        layers: Vec<usize>,
+        /// Units per actor: "layer", "unit" or a block size.
+        #[arg(long, default_value = "unit")]
+        granularity: String,
+        /// Per layer above the input, the window of units below each unit
+        /// connects to (0 for every unit); one value applies to all.
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        window: Vec<usize>,
+        /// Images relaxed together.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Relaxations to time.
+        #[arg(long, default_value_t = 3)]
+        relaxations: usize,
+        /// Residual tolerance of each relaxation.
+        #[arg(long, default_value_t = 0.01)]
+        tolerance: f64,
+        /// Tokio worker threads.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Compare equation 1 with finite differences of L on a random network.
     CheckGradient {
@@ -110,6 +159,71 @@ pub fn dispatch(cli: Cli, interrupted: Arc<AtomicBool>) -> Result<(), Error> {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&summary).unwrap_or_default()
+            );
+            Ok(())
+        }
+        Command::Encode {
+            model,
+            data,
+            out,
+            images,
+            no_progress,
+        } => {
+            let options = EncodeOptions {
+                model,
+                data,
+                out,
+                images,
+                progress: !no_progress,
+            };
+            let summary = encode::encode(&options, &interrupted)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&summary).unwrap_or_default()
+            );
+            Ok(())
+        }
+        Command::Bench {
+            layers,
+            granularity,
+            window,
+            batch,
+            relaxations,
+            tolerance,
+            workers,
+            seed,
+        } => {
+            let key = match granularity.parse::<usize>() {
+                Ok(k) => GranularityKey::Units(k),
+                Err(_) => GranularityKey::Name(granularity.clone()),
+            };
+            let Some(granularity) = key.granularity() else {
+                return Err(Error::Mismatch(format!(
+                    "--granularity {granularity}: expected \"layer\", \"unit\" or a block size of at least 1"
+                )));
+            };
+            if !(tolerance.is_finite() && tolerance > 0.0) {
+                return Err(Error::Mismatch(format!(
+                    "--tolerance {tolerance}: expected a finite number > 0"
+                )));
+            }
+            let options = ThroughputOptions {
+                sizes: layers,
+                granularity,
+                window,
+                batch,
+                relaxations,
+                tolerance,
+                workers: workers.max(1),
+                seed,
+            };
+            let report = bench::throughput(&options).map_err(|e| match e {
+                BenchError::Runtime(e) => Error::Failed(e.to_string()),
+                other => Error::Mismatch(other.to_string()),
+            })?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
             );
             Ok(())
         }

@@ -1,6 +1,8 @@
 //! ign: a simulator of intrinsic gradient networks.
+pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod encode;
 pub mod error;
 pub mod experiment;
 pub mod gradcheck;
@@ -12,5 +14,7 @@ pub mod relaxation;
 pub mod report;
 pub mod runtime;
 pub mod scenario;
+pub mod schedule;
 pub mod solver;
+pub mod store;
 pub mod trace;

@@ -75,6 +75,59 @@ pub struct Scenario {
     /// When present, the run ends with a perturbation experiment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perturbation: Option<PerturbationSection>,
+    /// When present, the run compares schedules instead of encoding and
+    /// fitting the readout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convergence: Option<ConvergenceSection>,
+}
+
+/// The synchronous-versus-asynchronous comparison.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConvergenceSection {
+    /// Test images relaxed one at a time (the first ones).
+    pub images: usize,
+    /// "trained" (the run's weights, or `model`'s) and/or "random" (the
+    /// untrained starting weights).
+    pub weights: Vec<String>,
+    /// Any of "synchronous", "sequential", "tokio", "seeded".
+    pub schedules: Vec<String>,
+    /// Relative spreads of the message latencies, each in [0, 1].
+    pub latency_spread: Vec<f64>,
+    /// Step sizes, as fractions of each layer's stability bound.
+    pub step_size: Vec<f64>,
+    /// Seeded runs per case, with seeds `seed`, `seed + 1`, ...
+    pub seeds: usize,
+    /// Mean latency of the seeded schedule, in layer-step durations.
+    pub latency_mean: f64,
+    /// Largest random delay of a tokio message at spread 1, microseconds.
+    pub tokio_delay_us: f64,
+    /// Wall-clock limit of one run, seconds.
+    pub max_wall_seconds: f64,
+    /// Measure V and the residual every this many layer updates.
+    pub curve_every: usize,
+    /// A `model.npz` to take the trained weights from; empty trains them.
+    pub model: PathBuf,
+}
+
+impl Default for ConvergenceSection {
+    fn default() -> Self {
+        ConvergenceSection {
+            images: 5,
+            weights: vec!["trained".to_owned(), "random".to_owned()],
+            schedules: ["synchronous", "sequential", "tokio", "seeded"]
+                .map(str::to_owned)
+                .to_vec(),
+            latency_spread: vec![0.0, 0.5, 0.9],
+            step_size: vec![0.5, 0.9],
+            seeds: 2,
+            latency_mean: 0.5,
+            tokio_delay_us: 200.0,
+            max_wall_seconds: 60.0,
+            curve_every: 1,
+            model: PathBuf::new(),
+        }
+    }
 }
 
 /// Change one input unit at an output state and follow the change through
@@ -248,6 +301,18 @@ pub struct TrainSection {
     pub reseed_every: usize,
     /// The run fails when more than this fraction of relaxations hit the cap.
     pub max_capped_fraction: f64,
+    /// Who relaxes the training batches.
+    pub schedule: TrainSchedule,
+}
+
+/// The schedule that relaxes the training batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainSchedule {
+    /// The actors at `runtime.granularity`.
+    Actors,
+    /// The synchronous solver: deterministic, so a seed fixes the weights.
+    Synchronous,
 }
 
 impl Default for TrainSection {
@@ -259,6 +324,7 @@ impl Default for TrainSection {
             rate_decay_batches: 100.0,
             reseed_every: 50,
             max_capped_fraction: 0.5,
+            schedule: TrainSchedule::Actors,
         }
     }
 }
@@ -473,6 +539,103 @@ impl Scenario {
                 "\"actors\"".to_owned(),
                 "must be \"synchronous\" unless runtime.granularity is \"layer\"",
             ));
+        }
+        if self.train.schedule == TrainSchedule::Synchronous {
+            if self.runtime.audit {
+                return Err(bad(
+                    "runtime.audit",
+                    "true".to_owned(),
+                    "must be false when train.schedule is \"synchronous\" (the audit watches actors)",
+                ));
+            }
+            if self.perturbation.is_some() {
+                return Err(bad(
+                    "perturbation",
+                    "a section".to_owned(),
+                    "needs train.schedule = \"actors\"",
+                ));
+            }
+        }
+        if let Some(c) = &self.convergence {
+            at_least_one(c.images, "convergence.images", &bad)?;
+            at_least_one(c.seeds, "convergence.seeds", &bad)?;
+            at_least_one(c.curve_every, "convergence.curve_every", &bad)?;
+            positive(c.max_wall_seconds, "convergence.max_wall_seconds", &bad)?;
+            if !non_negative(c.latency_mean) {
+                return Err(bad(
+                    "convergence.latency_mean",
+                    c.latency_mean.to_string(),
+                    "must be a finite number >= 0",
+                ));
+            }
+            if !non_negative(c.tokio_delay_us) {
+                return Err(bad(
+                    "convergence.tokio_delay_us",
+                    c.tokio_delay_us.to_string(),
+                    "must be a finite number >= 0",
+                ));
+            }
+            let known = ["synchronous", "sequential", "tokio", "seeded"];
+            if let Some(name) = c.schedules.iter().find(|n| !known.contains(&n.as_str())) {
+                return Err(bad(
+                    "convergence.schedules",
+                    format!("\"{name}\""),
+                    "each must be \"synchronous\", \"sequential\", \"tokio\" or \"seeded\"",
+                ));
+            }
+            if c.schedules.is_empty() {
+                return Err(bad(
+                    "convergence.schedules",
+                    "[]".to_owned(),
+                    "name at least one schedule",
+                ));
+            }
+            if let Some(name) = c
+                .weights
+                .iter()
+                .find(|n| !["trained", "random"].contains(&n.as_str()))
+            {
+                return Err(bad(
+                    "convergence.weights",
+                    format!("\"{name}\""),
+                    "each must be \"trained\" or \"random\"",
+                ));
+            }
+            if c.weights.is_empty() {
+                return Err(bad(
+                    "convergence.weights",
+                    "[]".to_owned(),
+                    "name at least one",
+                ));
+            }
+            if let Some(v) = c.latency_spread.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+                return Err(bad(
+                    "convergence.latency_spread",
+                    v.to_string(),
+                    "each must be between 0 and 1",
+                ));
+            }
+            if c.latency_spread.is_empty() {
+                return Err(bad(
+                    "convergence.latency_spread",
+                    "[]".to_owned(),
+                    "give at least one",
+                ));
+            }
+            if let Some(v) = c.step_size.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                return Err(bad(
+                    "convergence.step_size",
+                    v.to_string(),
+                    "each must be a finite number > 0",
+                ));
+            }
+            if c.step_size.is_empty() {
+                return Err(bad(
+                    "convergence.step_size",
+                    "[]".to_owned(),
+                    "give at least one",
+                ));
+            }
         }
         if let Some(p) = &self.perturbation {
             if p.unit >= n.layers[0] {

@@ -302,6 +302,15 @@ fn out_of_range_overrides_name_key_and_value() {
             "1.5",
         ),
         ("relax.max_steps=0", "relax.max_steps", "0"),
+        (
+            "runtime.granularity=\"cell\"",
+            "runtime.granularity",
+            "\"cell\"",
+        ),
+        ("runtime.granularity=0", "runtime.granularity", "0"),
+        ("runtime.trace_limit=0", "runtime.trace_limit", "0"),
+        ("network.window=[1, 2, 3]", "network.window", "[1, 2, 3]"),
+        ("perturbation.unit=784", "perturbation.unit", "784"),
     ];
     let sandbox = Sandbox::tiny();
     for (set, key, value) in cases {
@@ -818,4 +827,109 @@ fn messages_are_counted_per_batch() {
         total += messages;
     }
     assert_eq!(sandbox.summary()["messages_total"], total);
+}
+
+#[test]
+fn unit_granularity_rejects_reseeding() {
+    let sandbox = Sandbox::tiny();
+    let output = sandbox.run_tiny(&[
+        "--set",
+        "runtime.granularity=\"unit\"",
+        "--set",
+        "train.reseed_every=5",
+    ]);
+    assert_bad_input(
+        &output,
+        &["invalid value 5 for key `train.reseed_every`", "\"layer\""],
+    );
+}
+
+#[test]
+fn downsampling_is_checked_against_images() {
+    let sandbox = Sandbox::tiny();
+    let output = sandbox.run_tiny(&["--set", "data.downsample=40"]);
+    assert_bad_input(&output, &["data.downsample = 40", "28x28"]);
+    let output = sandbox.run_tiny(&["--set", "data.downsample=14"]);
+    assert_bad_input(
+        &output,
+        &["network.layers starts with 784", "196 pixels (14x14)"],
+    );
+}
+
+#[test]
+fn unit_run_writes_audit_and_traffic() {
+    let sandbox = Sandbox::tiny();
+    let output = sandbox.run_tiny(&[
+        "--set",
+        "network.layers=[784, 12, 6]",
+        "--set",
+        "network.window=[100, 0]",
+        "--set",
+        "runtime.granularity=\"unit\"",
+        "--set",
+        "runtime.audit=true",
+        "--set",
+        "train.reseed_every=0",
+        "--set",
+        "perturbation.unit=400",
+        "--trace-file",
+        "out/trace.json",
+    ]);
+    assert_exit(&output, 0);
+    let summary = sandbox.summary();
+    assert_eq!(summary["granularity"], "unit");
+    // 784 input units, lambda, 12 and 6 hidden units.
+    assert_eq!(summary["actors"], 803);
+    assert_eq!(summary["non_local_reads"], 0);
+    assert!(summary["audited_reads"].as_u64().unwrap() > 1000);
+    assert_eq!(summary["perturbation"]["hops_below_distance"], 0);
+
+    let traffic = fs::read_to_string(sandbox.path("out/traffic.csv")).unwrap();
+    let mut lines = traffic.lines();
+    assert_eq!(lines.next(), Some("from,to,kind,messages,bytes"));
+    let mut total = 0;
+    for line in lines {
+        let fields: Vec<&str> = line.split(',').collect();
+        assert!(
+            ["prediction_down", "residual_up", "norm", "scale"].contains(&fields[2]),
+            "{line}"
+        );
+        total += fields[3].parse::<u64>().unwrap();
+    }
+    assert_eq!(Some(total), summary["traffic_messages"].as_u64());
+    let png = png::Decoder::new(std::io::BufReader::new(
+        fs::File::open(sandbox.path("out/traffic.png")).unwrap(),
+    ));
+    let info = png.read_info().unwrap();
+    assert_eq!(info.info().width, info.info().height);
+
+    let perturbation = fs::read_to_string(sandbox.path("out/perturbation.csv")).unwrap();
+    let mut rows = perturbation.lines();
+    assert_eq!(
+        rows.next(),
+        Some("actor,id,hops,graph_distance,first_change_us")
+    );
+    let rows: Vec<Vec<&str>> = rows.map(|r| r.split(',').collect()).collect();
+    assert_eq!(rows.len(), 803);
+    assert_eq!(rows[400][0], "input[400]");
+    assert_eq!(rows[400][2], "0");
+    for row in rows.iter().filter(|r| !r[2].is_empty()) {
+        let hops: u64 = row[2].parse().unwrap();
+        let distance: u64 = row[3].parse().unwrap();
+        assert!(hops >= distance, "{row:?}");
+    }
+
+    let trace: Value =
+        serde_json::from_str(&fs::read_to_string(sandbox.path("out/trace.json")).unwrap()).unwrap();
+    let tracks = trace["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "M" && e["name"] == "thread_name")
+        .count();
+    assert_eq!(tracks, 803);
+    assert_eq!(
+        summary["trace_events"],
+        trace["otherData"]["events_recorded"]
+    );
 }

@@ -100,7 +100,10 @@ fn audit_catches_planted_read() {
     let verdict = audit(&actors.topology, &result.actors);
     assert!(verdict.non_local_reads > 0, "{verdict:?}");
     assert_eq!(
-        verdict.examples.first().map(|e| e.split(':').next().unwrap()),
+        verdict
+            .examples
+            .first()
+            .map(|e| e.split(':').next().unwrap()),
         Some("input[15] -> layer1[0] (residual_up)")
     );
 }
@@ -133,8 +136,15 @@ fn perturbation_hops_cover_distance() {
             }
             _ => {
                 assert!(changed.len() > 10, "only {} actors changed", changed.len());
-                let farthest = perturbation.rows.iter().filter_map(|r| r.graph_distance).max();
-                assert_eq!(deepest, farthest, "the change should reach the farthest actors");
+                let farthest = perturbation
+                    .rows
+                    .iter()
+                    .filter_map(|r| r.graph_distance)
+                    .max();
+                assert_eq!(
+                    deepest, farthest,
+                    "the change should reach the farthest actors"
+                );
             }
         }
     }
@@ -145,9 +155,17 @@ fn traffic_totals_match_receipts() {
     let mut actors = ActorNetwork::spawn(&network(), config(Granularity::Unit)).unwrap();
     let mut detected = 0;
     for seed in 0..3 {
-        detected += actors.run_batch(inputs(2, seed), LEARN).unwrap().report.messages;
+        detected += actors
+            .run_batch(inputs(2, seed), LEARN)
+            .unwrap()
+            .report
+            .messages;
     }
-    let traffic: u64 = actors.traffic_snapshot().iter().map(|(_, c)| c.messages).sum();
+    let traffic: u64 = actors
+        .traffic_snapshot()
+        .iter()
+        .map(|(_, c)| c.messages)
+        .sum();
     // Receivers count what they take out of their mailboxes, apart from the
     // senders' per-wire counters.
     let received: u64 = actors.stats().iter().map(|e| e.received).sum();

@@ -27,10 +27,13 @@ use crate::report::write_projective_fields;
 use crate::runtime::{ActorNetwork, BatchOptions, RuntimeConfig};
 use crate::scenario::{EncodeSchedule, Scenario};
 use crate::solver::Solver;
+use crate::store::{MODEL_FILE, load_model, save_model};
 
+mod convergence;
 mod instruments;
 mod train;
 
+pub use convergence::ScheduleSummary;
 pub use instruments::PerturbationSummary;
 use train::train;
 
@@ -102,6 +105,11 @@ pub struct Summary {
     /// Events kept in and dropped from the `--trace-file`, when one is written.
     pub trace_events: Option<usize>,
     pub trace_dropped: Option<usize>,
+    /// The model file written (weights and the resolved scenario).
+    pub model: Option<String>,
+    /// With a `[convergence]` section: per schedule, how its runs ended and
+    /// the median updates, messages and seconds to tolerance.
+    pub convergence: Option<Vec<ScheduleSummary>>,
     /// The per-batch table written to `training.csv`.
     #[serde(skip)]
     pub training_csv: String,
@@ -205,15 +213,36 @@ pub fn run(options: &RunOptions, interrupted: Arc<AtomicBool>) -> Result<Summary
         .map(|(i, c)| c.mask(sizes[i], sizes[i + 1]))
         .collect();
     restrict(&mut network, &masks);
-    let trained = train(
-        &scenario,
-        &splits.train,
-        network,
-        &mut summary,
-        &interrupted,
-        options,
-        &out,
-    )?;
+    let given = scenario
+        .convergence
+        .as_ref()
+        .map(|c| c.model.clone())
+        .filter(|m| !m.as_os_str().is_empty());
+    let trained = match &given {
+        Some(path) => {
+            let model = load_model(path)?;
+            if model.network.sizes() != *sizes {
+                return Err(Error::Mismatch(format!(
+                    "convergence.model {} has layers {:?} but network.layers is {:?}",
+                    path.display(),
+                    model.network.sizes(),
+                    sizes
+                )));
+            }
+            info!(model = %path.display(), "using saved weights; not training");
+            summary.model = Some(path.display().to_string());
+            Ok(Some(model.network))
+        }
+        None => train(
+            &scenario,
+            &splits.train,
+            network,
+            &mut summary,
+            &interrupted,
+            options,
+            &out,
+        )?,
+    };
     let (network, status) = match trained {
         Ok(network) => (network, None),
         Err((network, status, message)) => (network, Some((status, message))),
@@ -233,6 +262,41 @@ pub fn run(options: &RunOptions, interrupted: Arc<AtomicBool>) -> Result<Summary
             Some("no weights".into()),
         );
     };
+    if given.is_none() {
+        // The model is saved and read back, so the weights every later
+        // phase uses are exactly those in the file.
+        let path = out.join(MODEL_FILE);
+        let saved = save_model(&path, &network, &scenario).and_then(|()| load_model(&path));
+        match saved {
+            Ok(model) if model.network.weights == network.weights => {
+                summary.model = Some(path.display().to_string());
+            }
+            Ok(_) => {
+                let message = format!("{} did not read back as written", path.display());
+                return finish(&out, summary, started, Status::Failed, Some(message));
+            }
+            Err(e) => return finish(&out, summary, started, Status::Failed, Some(e.to_string())),
+        }
+    }
+
+    if let Some(settings) = &scenario.convergence {
+        let compared = convergence::run(
+            &scenario,
+            settings,
+            &network,
+            &splits.test,
+            &out,
+            &interrupted,
+            options.progress,
+        )?;
+        return match compared {
+            Some(schedules) => {
+                summary.convergence = Some(schedules);
+                finish(&out, summary, started, Status::Completed, None)
+            }
+            None => finish(&out, summary, started, Status::Interrupted, None),
+        };
+    }
 
     info!(
         images = summary.readout_images + summary.test_images,

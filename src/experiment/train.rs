@@ -13,10 +13,15 @@ use tracing::{debug, info};
 use super::{RunOptions, Status, Summary, instruments, mean, mean_usize, progress, unit_rows};
 use crate::data::Dataset;
 use crate::error::Error;
+use crate::learn::{UsageWindow, reseed_unused};
 use crate::model::Network;
+use crate::quiescence::Detection;
 use crate::relaxation::{Outcome, RelaxReport};
-use crate::runtime::{ActorNetwork, BatchOptions, BatchResult, RuntimeConfig};
-use crate::scenario::Scenario;
+use crate::runtime::{
+    ActorNetwork, BatchOptions, BatchResult, Connectivity, LayerSummary, RuntimeConfig,
+};
+use crate::scenario::{Scenario, TrainSchedule};
+use crate::solver::Solver;
 use crate::trace::{AuditResult, TraceRecorder, merge};
 
 /// The last good weights (if any), the status and a message.
@@ -34,6 +39,11 @@ pub(super) fn train(
     options: &RunOptions,
     out: &Path,
 ) -> Result<Result<Option<Network<f32>>, TrainFailure>, Error> {
+    if scenario.train.schedule == TrainSchedule::Synchronous {
+        let trained =
+            train_synchronous(scenario, train_set, network, summary, interrupted, options);
+        return Ok(trained);
+    }
     let t = &scenario.train;
     let images = summary.train_images;
     let batches_per_epoch = images.div_ceil(t.batch_size);
@@ -170,6 +180,161 @@ pub(super) fn train(
         None => Ok(Some(trained)),
         Some((status, message)) => Err((Some(trained), status, message)),
     })
+}
+
+/// Trains with the synchronous solver instead of the actors: every layer
+/// steps on a global clock, so the same seed always gives the same weights.
+/// Equation 1 and reseeding are the same as the actors'.
+fn train_synchronous(
+    scenario: &Scenario,
+    train_set: &Dataset,
+    network: Network<f32>,
+    summary: &mut Summary,
+    interrupted: &AtomicBool,
+    options: &RunOptions,
+) -> Result<Option<Network<f32>>, TrainFailure> {
+    let t = &scenario.train;
+    let images = summary.train_images;
+    let batches_per_epoch = images.div_ceil(t.batch_size);
+    let total = batches_per_epoch * t.epochs;
+    let mut solver = Solver::new(&network, scenario.relax.config());
+    let sizes = &scenario.network.layers;
+    for (i, (layer, connectivity)) in solver
+        .layers
+        .iter_mut()
+        .zip(scenario.connectivity())
+        .enumerate()
+    {
+        if connectivity != Connectivity::Dense {
+            let mask = connectivity.mask(sizes[i], sizes[i + 1]);
+            layer.mask = Some(mask.mapv(|m| if m { 1.0 } else { 0.0 }));
+        }
+    }
+    summary.granularity = "synchronous solver".to_owned();
+    info!(
+        batches = total,
+        batch_size = t.batch_size,
+        "training with the synchronous solver"
+    );
+    let bar = progress(options.progress, total as u64, "train");
+    let mut log = TrainingLog::new(network.weights.clone());
+    let mut windows: Vec<UsageWindow> = network
+        .weights
+        .iter()
+        .map(|w| UsageWindow::new(w.ncols()))
+        .collect();
+    summary.reseeded_units = vec![0; network.weights.len()];
+    let mut failure = None;
+    'epochs: for epoch in 0..t.epochs {
+        for b in 0..batches_per_epoch {
+            if interrupted.load(Ordering::SeqCst) {
+                failure = Some((Status::Interrupted, "interrupted".to_owned()));
+                break 'epochs;
+            }
+            let k = epoch * batches_per_epoch + b;
+            let rows = b * t.batch_size..((b + 1) * t.batch_size).min(images);
+            let x0 = unit_rows(&train_set.images.slice(s![rows, ..]).to_owned());
+            let rate = t.learning_rate / (1.0 + k as f64 / t.rate_decay_batches);
+            let reseed = t.reseed_every > 0 && (k + 1).is_multiple_of(t.reseed_every);
+            let report = solver.relax(x0.view());
+            let result = synchronous_batch(&mut solver, &mut windows, report, rate, reseed);
+            let diverged = divergence(k, &result);
+            log.record(k, rate, &result, summary, diverged.is_none());
+            if let Some(message) = diverged {
+                failure = Some((Status::Diverged, message));
+                break 'epochs;
+            }
+            bar.set_message(format!(
+                "{:.0} updates/relaxation",
+                mean_usize(&log.updates)
+            ));
+            bar.inc(1);
+            if let Some(message) = too_many_capped(scenario, summary, total) {
+                failure = Some((Status::TooManyCapped, message));
+                break 'epochs;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let trained = log.finish(summary, network.alpha.clone());
+    info!(
+        relaxations = summary.relaxations,
+        updates_mean = summary.updates_mean,
+        "training done"
+    );
+    match failure {
+        None => Ok(Some(trained)),
+        Some((status, message)) => Err((Some(trained), status, message)),
+    }
+}
+
+/// Learns from the solver's last relaxation and describes it the way the
+/// actors describe a batch.
+fn synchronous_batch(
+    solver: &mut Solver<f32>,
+    windows: &mut [UsageWindow],
+    report: RelaxReport,
+    rate: f64,
+    reseed: bool,
+) -> BatchResult<f32> {
+    let rows = solver.input.nrows();
+    let mut layers = Vec::new();
+    for (i, eval) in solver.evals.iter().enumerate() {
+        let layer = &solver.layers[i];
+        let below = if i == 0 {
+            &solver.input
+        } else {
+            &solver.layers[i - 1].x
+        };
+        let r = below - &eval.prediction;
+        layers.push(LayerSummary {
+            layer: i + 1,
+            updates: report.layer_updates.get(i).copied().unwrap_or(0),
+            outcome: report.outcome,
+            row_residual: eval.row_residual.iter().map(|&v| f64::from(v)).collect(),
+            max_constraint_violation: f64::from(eval.constraint.fold(0.0f32, |m, &v| m.max(v))),
+            usage: layer.usage().to_vec(),
+            blank_rows: layer.blank.iter().filter(|&&b| b).count(),
+            zero_columns: Vec::new(),
+            reseeded: Vec::new(),
+            reconstruction: r
+                .rows()
+                .into_iter()
+                .map(|row| 0.5 * f64::from(row.dot(&row)))
+                .collect(),
+            state: None,
+            lambda: None,
+            weights: None,
+            report: Default::default(),
+        });
+    }
+    if rate > 0.0 && report.outcome != Outcome::Diverged {
+        let zero = solver.learn(rate);
+        for (i, columns) in zero.into_iter().enumerate() {
+            layers[i].zero_columns = columns;
+            let usage = solver.layers[i].usage();
+            windows[i].add(&usage, rows);
+            if reseed {
+                let unused = windows[i].unused();
+                let residual = solver.evals[i].residual.view();
+                layers[i].reseeded = reseed_unused(&mut solver.layers[i], residual, &unused);
+                windows[i].reset();
+            }
+        }
+    }
+    for (summary, layer) in layers.iter_mut().zip(&solver.layers) {
+        summary.weights = Some(Arc::new(layer.w.clone()));
+    }
+    BatchResult {
+        report,
+        detection: Detection {
+            waves: 0,
+            messages: 0,
+        },
+        layers,
+        actors: Vec::new(),
+        lambda: ndarray::Array1::zeros(0),
+    }
 }
 
 /// Returns why a batch counts as diverged, if it does: a diverged

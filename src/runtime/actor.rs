@@ -644,6 +644,7 @@ where
             reseeded: Vec::new(),
             reconstruction,
             state: return_state.then(|| Arc::new(self.layer.x.clone())),
+            lambda: self.layer.lambda.clone().filter(|_| return_state),
             weights: None,
             report: ActorReport::default(),
         };
@@ -680,6 +681,7 @@ where
             reseeded: Vec::new(),
             reconstruction: Vec::new(),
             state: None,
+            lambda: None,
             weights: Some(Arc::new(self.layer.w.clone())),
             report: self.wiring.report(self.updates),
         }

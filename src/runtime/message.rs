@@ -129,6 +129,8 @@ pub struct LayerSummary<A> {
     /// Per row, `½‖x_{i−1} − p_i‖²` (layer 1's is the reconstruction error).
     pub reconstruction: Vec<f64>,
     pub state: Option<Arc<Array2<A>>>,
+    /// Lambda per image (layer 1, with the state).
+    pub lambda: Option<Array1<A>>,
     pub weights: Option<Arc<Array2<A>>>,
     pub report: ActorReport,
 }

@@ -1,21 +1,32 @@
-//! The asynchronous actor runtime: one tokio task per layer plus one for the
-//! clamped input, wired from a [`Topology`], relaxing with no barrier, no
-//! shared step counter and no global clock.
+//! The asynchronous actor runtime: actors wired from a [`Topology`], relaxing
+//! with no barrier, no shared step counter and no global clock. At layer
+//! granularity there is one tokio task per layer plus one for the clamped
+//! input; at block and unit granularity one per block of units, one per
+//! block of input units and one for lambda (see [`topology`]).
 //!
 //! # Guarantees
 //!
-//! - **Locality.** A layer actor reads its own [`crate::model::Layer`] and the
-//!   newest data message on each incoming edge, nothing else: `x_{i−1}` from
-//!   below and `p_{i+1}` from above. Layer 1 owns the per-image lambdas.
-//!   Equation 1 and column renormalisation run inside the actor that owns
-//!   the synapses.
+//! - **Locality.** An actor reads its own state and synapses and the newest
+//!   data message on each incoming wire, nothing else. A layer actor gets
+//!   `x_{i−1}` from below and `p_{i+1}` from above, and layer 1 owns the
+//!   per-image lambdas. A block gets the residuals of the units below it is
+//!   joined to and the partial predictions of the units above, and the
+//!   lambda actor gets the input blocks' shares of `‖p_1‖²`. Equation 1 and
+//!   column renormalisation run inside the actor that owns the synapses.
+//!   With [`RuntimeConfig::audit`] every actor records the sender of each
+//!   message value it used, so [`crate::trace::audit`] can check this.
+//! - **Parameters.** Step sizes, tolerances and learning rates are settings
+//!   the driver sends in control messages. At block granularity the driver
+//!   also sends each actor its starting state and its layer's bound on
+//!   `‖W_i‖²` at the start of a relaxation, so that every granularity starts
+//!   from the same feed-forward state and uses the same step.
 //! - **Ordering.** Each mailbox is a tokio unbounded channel, FIFO per
-//!   sender. Data messages carry a per-edge sequence number, so with injected
+//!   sender. Data messages carry a per-wire sequence number, so with injected
 //!   delays (which can reorder) a receiver still keeps the newest.
 //! - **Control first.** An actor handles every queued control message before
 //!   taking data, and between any two updates, so probes and shutdown are not
 //!   starved by data traffic.
-//! - **Settled.** A layer actor is settled when its last evaluation had every
+//! - **Settled.** An actor is settled when its last evaluation had every
 //!   row below the tolerance (or it reached its step cap, or diverged) and it
 //!   has taken no data message since. A settled actor sends nothing.
 //! - **Quiescent.** Every actor settled and no data message in flight, as
@@ -548,7 +559,11 @@ where
         let (report, layers, lambda) = if self.topology.granularity == Granularity::Layer {
             layers.sort_by_key(|s| s.layer);
             let report = report_from(&layers, self.config.relax.tolerance, messages);
-            (report, layers, Array1::zeros(0))
+            let lambda = layers
+                .first()
+                .and_then(|l| l.lambda.clone())
+                .unwrap_or_else(|| Array1::zeros(0));
+            (report, layers, lambda)
         } else {
             self.assemble(&blocks, options, messages)
         };
@@ -658,6 +673,7 @@ where
                 reseeded: Vec::new(),
                 reconstruction,
                 state: options.return_state.then(|| Arc::new(x[i + 1].clone())),
+                lambda: (i == 0 && options.return_state).then(|| lambda.clone()),
                 weights: Some(Arc::new(weights[i].clone())),
                 report: ActorReport::default(),
             });
