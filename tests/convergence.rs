@@ -85,8 +85,13 @@ fn replayable_rows(dir: &Path, out: &str) -> Vec<String> {
 
 fn assert_no_nan(dir: &Path, out: &str) {
     for name in ["convergence.csv", "summary.json"] {
-        let text = fs::read_to_string(dir.join(out).join(name)).unwrap().to_lowercase();
-        assert!(!text.contains("nan") && !text.contains("inf,"), "{name} has a NaN or inf");
+        let text = fs::read_to_string(dir.join(out).join(name))
+            .unwrap()
+            .to_lowercase();
+        assert!(
+            !text.contains("nan") && !text.contains("inf,"),
+            "{name} has a NaN or inf"
+        );
     }
 }
 
@@ -95,9 +100,28 @@ fn schedules_agree_and_replay_from_the_seed() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let file = scenario(dir);
-    ign(dir, &["run", &file, "--no-progress", "--out", "a"]);
-    ign(dir, &["run", &file, "--no-progress", "--out", "b"]);
-    ign(dir, &["run", &file, "--no-progress", "--out", "c", "--seed", "2"]);
+    let traced = |out: &str| {
+        let trace = format!("{out}.trace.json");
+        ign(
+            dir,
+            &[
+                "run",
+                &file,
+                "--no-progress",
+                "--out",
+                out,
+                "--trace-file",
+                &trace,
+            ],
+        );
+        fs::read_to_string(dir.join(trace)).unwrap()
+    };
+    let trace_a = traced("a");
+    let trace_b = traced("b");
+    ign(
+        dir,
+        &["run", &file, "--no-progress", "--out", "c", "--seed", "2"],
+    );
 
     let first = summary(dir, "a");
     let schedules = first["convergence"].as_array().unwrap();
@@ -116,14 +140,37 @@ fn schedules_agree_and_replay_from_the_seed() {
     }
     // 2 images x (1 synchronous, 1 sequential, 2 tokio spreads, 2 spreads x
     // 2 seeds seeded) per weights, trained and random.
-    let runs: Vec<u64> = schedules.iter().map(|s| s["runs"].as_u64().unwrap()).collect();
+    let runs: Vec<u64> = schedules
+        .iter()
+        .map(|s| s["runs"].as_u64().unwrap())
+        .collect();
     assert_eq!(runs, [4, 4, 8, 16]);
 
     let a = replayable_rows(dir, "a");
     assert!(a.len() > 100, "only {} rows", a.len());
     assert_eq!(a, replayable_rows(dir, "b"), "same seed, different rows");
-    assert_ne!(a, replayable_rows(dir, "c"), "another seed gave the same rows");
+    assert_ne!(
+        a,
+        replayable_rows(dir, "c"),
+        "another seed gave the same rows"
+    );
     assert_no_nan(dir, "a");
+
+    // The first seeded run is traced in virtual time, so the file replays
+    // exactly: one track each for the input and the two layers.
+    assert_eq!(trace_a, trace_b, "same seed, different trace");
+    let trace: Value = serde_json::from_str(&trace_a).unwrap();
+    assert_eq!(trace["otherData"]["clock"], "virtual");
+    let events = trace["traceEvents"].as_array().unwrap();
+    let tracks: Vec<&str> = events
+        .iter()
+        .filter(|e| e["ph"] == "M" && e["name"] == "thread_name")
+        .map(|e| e["args"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(tracks, ["input", "layer1", "layer2"]);
+    let count = |ph: &str| events.iter().filter(|e| e["ph"] == ph).count();
+    assert!(count("s") > 10);
+    assert_eq!(count("s"), count("f"));
 
     // The saved model encodes with `ign encode` into numpy files.
     let model = dir.join("a/model.npz");
@@ -132,7 +179,14 @@ fn schedules_agree_and_replay_from_the_seed() {
     let output = ign(
         dir,
         &[
-            "encode", "--model", &model, "--out", "codes", "--images", "10", "--no-progress",
+            "encode",
+            "--model",
+            &model,
+            "--out",
+            "codes",
+            "--images",
+            "10",
+            "--no-progress",
         ],
     );
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();

@@ -19,7 +19,7 @@ use ndarray::{Array2, s};
 use serde::Serialize;
 use tracing::info;
 
-use super::{progress, unit_rows, write_atomic};
+use super::{RunOptions, progress, unit_rows, write_atomic};
 use crate::data::Dataset;
 use crate::error::Error;
 use crate::model::{Network, State, energies, random_network, restrict};
@@ -27,8 +27,9 @@ use crate::relaxation::{Outcome, RelaxConfig};
 use crate::report::{PlotSpec, Series, write_line_plot};
 use crate::runtime::{ActorNetwork, BatchOptions, DelayConfig, RuntimeConfig};
 use crate::scenario::{ConvergenceSection, Scenario};
-use crate::schedule::{ScheduleKind, SeededConfig, Verdict, run_schedule};
+use crate::schedule::{ScheduleKind, SeededConfig, Verdict, run_schedule, run_seeded_traced};
 use crate::solver::Solver;
+use crate::trace::{Clock, TraceRecorder};
 
 /// Header of `convergence.csv`.
 pub const CSV_HEADER: &str = "schedule,seed,weights,image,latency_spread,step_size,update,messages,potential,residual,outcome,wall_seconds,distance,time";
@@ -75,8 +76,14 @@ pub(super) fn run(
     test_set: &Dataset,
     out: &Path,
     interrupted: &AtomicBool,
-    show_progress: bool,
-) -> Result<Option<Vec<ScheduleSummary>>, Error> {
+    options: &RunOptions,
+) -> Result<Option<Compared>, Error> {
+    let show_progress = options.progress;
+    let trace = options
+        .trace_file
+        .as_ref()
+        .map(|_| TraceRecorder::with_clock(scenario.runtime.trace_limit, Clock::Virtual));
+    let mut traced = false;
     let images = settings.images.min(test_set.len());
     let x0 = unit_rows(&test_set.images.slice(s![..images, ..]).to_owned()).mapv(f64::from);
     let mut weights: Vec<(&'static str, Network<f64>)> = Vec::new();
@@ -184,14 +191,27 @@ pub(super) fn run(
                                 speeds: Vec::new(),
                                 max_wall_seconds: settings.max_wall_seconds,
                             };
-                            let run = run_schedule(
-                                kind,
-                                network,
-                                x,
-                                &relax,
-                                &seeded,
-                                settings.curve_every,
-                            )
+                            let run = match &trace {
+                                Some(recorder) if kind == ScheduleKind::Seeded && !traced => {
+                                    traced = true;
+                                    run_seeded_traced(
+                                        network,
+                                        x,
+                                        &relax,
+                                        &seeded,
+                                        settings.curve_every,
+                                        recorder,
+                                    )
+                                }
+                                _ => run_schedule(
+                                    kind,
+                                    network,
+                                    x,
+                                    &relax,
+                                    &seeded,
+                                    settings.curve_every,
+                                ),
+                            }
                             .map_err(|e| Error::Mismatch(format!("convergence: {e}")))?;
                             let mut record = cell(kind.name(), seed, spread);
                             record.points = run
@@ -222,6 +242,21 @@ pub(super) fn run(
 
     write_atomic(&out.join("convergence.csv"), csv(&records).as_bytes())?;
     write_plot(&out.join("convergence.png"), &records, settings)?;
+    let mut written = None;
+    if let (Some(recorder), Some(path)) = (&trace, &options.trace_file) {
+        let names = ["input", "layer1", "layer2", "layer3", "layer4"];
+        let names: Vec<String> = (0..scenario.network.layers.len())
+            .map(|i| {
+                names
+                    .get(i)
+                    .map_or_else(|| format!("layer{i}"), |n| (*n).to_owned())
+            })
+            .collect();
+        recorder
+            .write(path, &names)
+            .map_err(|e| Error::Mismatch(format!("trace file: {e}")))?;
+        written = Some((recorder.recorded(), recorder.dropped()));
+    }
     let summaries = summarize(&records, &kinds);
     for summary in &summaries {
         info!(
@@ -232,8 +267,12 @@ pub(super) fn run(
             "schedule compared"
         );
     }
-    Ok(Some(summaries))
+    Ok(Some((summaries, written)))
 }
+
+/// The per-schedule results, and the events kept and dropped in the trace
+/// file when one was written.
+pub(super) type Compared = (Vec<ScheduleSummary>, Option<(usize, usize)>);
 
 /// Relaxes one image with the free-running actors and fills `record` with
 /// its single, final point.

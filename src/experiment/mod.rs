@@ -233,15 +233,23 @@ pub fn run(options: &RunOptions, interrupted: Arc<AtomicBool>) -> Result<Summary
             summary.model = Some(path.display().to_string());
             Ok(Some(model.network))
         }
-        None => train(
-            &scenario,
-            &splits.train,
-            network,
-            &mut summary,
-            &interrupted,
-            options,
-            &out,
-        )?,
+        None => {
+            // With a comparison to follow, the trace file records the first
+            // seeded run in virtual time instead of the training actors.
+            let mut training = options.clone();
+            if scenario.convergence.is_some() {
+                training.trace_file = None;
+            }
+            train(
+                &scenario,
+                &splits.train,
+                network,
+                &mut summary,
+                &interrupted,
+                &training,
+                &out,
+            )?
+        }
     };
     let (network, status) = match trained {
         Ok(network) => (network, None),
@@ -287,11 +295,15 @@ pub fn run(options: &RunOptions, interrupted: Arc<AtomicBool>) -> Result<Summary
             &splits.test,
             &out,
             &interrupted,
-            options.progress,
+            options,
         )?;
         return match compared {
-            Some(schedules) => {
+            Some((schedules, trace)) => {
                 summary.convergence = Some(schedules);
+                if let Some((events, dropped)) = trace {
+                    summary.trace_events = Some(events);
+                    summary.trace_dropped = Some(dropped);
+                }
                 finish(&out, summary, started, Status::Completed, None)
             }
             None => finish(&out, summary, started, Status::Interrupted, None),

@@ -48,6 +48,7 @@ use tracing::debug;
 use crate::model::{Layer, LayerEval, Network, State, energies, prediction};
 use crate::relaxation::{Outcome, RelaxConfig, RelaxReport};
 use crate::solver::{build_layers, max_residual, summarize};
+use crate::trace::TraceRecorder;
 
 /// The order in which layers update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -253,6 +254,7 @@ pub fn run_schedule(
         seeded,
         curve_every,
         began: Instant::now(),
+        trace: None,
     };
     let run = match kind {
         ScheduleKind::Synchronous => synchronous::run(&context),
@@ -268,6 +270,31 @@ pub fn run_schedule(
         "relaxed"
     );
     Ok(run)
+}
+
+/// Runs the seeded schedule like [`run_schedule`] and records every step
+/// and message in `trace` in virtual time: one step of duration 1 is 1,000
+/// µs of trace time, so the file replays exactly from the seed. Trace actor
+/// 0 is the input and actor `i` is layer `i`.
+pub fn run_seeded_traced(
+    network: &Network<f64>,
+    x0: ArrayView2<f64>,
+    relax: &RelaxConfig,
+    seeded: &SeededConfig,
+    curve_every: usize,
+    trace: &TraceRecorder,
+) -> Result<ScheduleRun, ScheduleError> {
+    validate(network, x0, seeded)?;
+    let context = Context {
+        network,
+        x0,
+        relax,
+        seeded,
+        curve_every,
+        began: Instant::now(),
+        trace: Some(trace),
+    };
+    Ok(seeded::run(&context))
 }
 
 /// Factor below which a capped run's minimum residual over the last third of
@@ -306,6 +333,8 @@ struct Context<'a> {
     seeded: &'a SeededConfig,
     curve_every: usize,
     began: Instant,
+    /// Where the seeded schedule records its events, in virtual time.
+    trace: Option<&'a TraceRecorder>,
 }
 
 impl Context<'_> {

@@ -43,6 +43,19 @@ enum Edge {
     PredictionDown,
 }
 
+impl Edge {
+    /// Returns the message kind's name, as in traffic and trace files.
+    fn name(self) -> &'static str {
+        match self {
+            Edge::StateUp => "state_up",
+            Edge::PredictionDown => "prediction_down",
+        }
+    }
+}
+
+/// Trace microseconds per unit of virtual time (one step of duration 1).
+const TRACE_MICROS: f64 = 1000.0;
+
 /// The action of an event. Layers are numbered from 0 (layer 1).
 enum Action {
     /// A message arrives at layer `to`.
@@ -51,6 +64,8 @@ enum Action {
         edge: Edge,
         sequence: u64,
         payload: Arc<Array2<f64>>,
+        /// Identifier of the message in the trace, 0 when none is recorded.
+        trace_id: u64,
     },
     /// Layer `layer` evaluates against the messages that unsettled it.
     Wake { layer: usize },
@@ -135,6 +150,8 @@ struct Simulator<'a> {
     /// Messages dropped because a newer one on the same edge had arrived
     /// first.
     stale: u64,
+    /// Messages given a trace identifier so far.
+    trace_ids: u64,
 }
 
 /// Simulates the actors until quiescence or until a stopping rule of the
@@ -196,6 +213,7 @@ impl<'a> Simulator<'a> {
             rng: ChaCha8Rng::seed_from_u64(context.seeded.seed),
             progress,
             stale: 0,
+            trace_ids: 0,
         }
     }
 
@@ -213,7 +231,12 @@ impl<'a> Simulator<'a> {
                     edge,
                     sequence,
                     payload,
+                    trace_id,
                 } => {
+                    if let Some(trace) = self.context.trace {
+                        let time = self.now * TRACE_MICROS;
+                        trace.receive_at(to + 1, trace_id, edge.name(), time);
+                    }
                     self.deliver(to, edge, sequence, payload);
                     None
                 }
@@ -248,11 +271,24 @@ impl<'a> Simulator<'a> {
         let seeded = self.context.seeded;
         let u: f64 = self.rng.random();
         let latency = seeded.latency_mean * (1.0 + seeded.latency_spread * (2.0 * u - 1.0));
+        let mut trace_id = 0;
+        if let Some(trace) = self.context.trace {
+            self.trace_ids += 1;
+            trace_id = self.trace_ids;
+            // Trace actor 0 is the input and actor i is layer i, so the
+            // sender of a state is `to` and of a prediction `to + 2`.
+            let from = match edge {
+                Edge::StateUp => to,
+                Edge::PredictionDown => to + 2,
+            };
+            trace.send_at(from, trace_id, edge.name(), self.now * TRACE_MICROS);
+        }
         let action = Action::Deliver {
             to,
             edge,
             sequence,
             payload,
+            trace_id,
         };
         self.schedule(self.now + latency, action);
         self.progress.count_sent(1);
@@ -338,6 +374,10 @@ impl<'a> Simulator<'a> {
             self.progress.measure(&self.layers, self.now);
         }
         let duration = self.context.seeded.speeds.get(i).copied().unwrap_or(1.0);
+        if let Some(trace) = self.context.trace {
+            let start = self.now * TRACE_MICROS;
+            trace.update_at(i + 1, start, start + duration * TRACE_MICROS);
+        }
         self.actors[i].scheduled = true;
         self.schedule(self.now + duration, Action::StepDone { layer: i });
         None
