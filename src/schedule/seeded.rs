@@ -434,6 +434,7 @@ mod tests {
             seeded: &seeded,
             curve_every: 0,
             began: Instant::now(),
+            trace: None,
         };
         let layers = start_layers(&context);
         let (progress, evals) = Progress::new(&context, ScheduleKind::Seeded, &layers);
@@ -460,6 +461,7 @@ mod tests {
             seeded: &seeded,
             curve_every: 0,
             began: Instant::now(),
+            trace: None,
         };
         let layers = start_layers(&context);
         let (progress, evals) = Progress::new(&context, ScheduleKind::Seeded, &layers);
