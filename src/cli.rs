@@ -87,7 +87,7 @@ pub enum Command {
         #[arg(long, value_delimiter = ',', default_value = "784,128,64")]
         layers: Vec<usize>,
         /// Units per actor: "layer", "unit" or a block size.
-        #[arg(long, default_value = "unit")]
+        #[arg(long, default_value = "unit", allow_hyphen_values = true)]
         granularity: String,
         /// Per layer above the input, the window of units below each unit
         /// connects to (0 for every unit); one value applies to all.
@@ -100,7 +100,7 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         relaxations: usize,
         /// Residual tolerance of each relaxation.
-        #[arg(long, default_value_t = 0.01)]
+        #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
         tolerance: f64,
         /// Tokio worker threads.
         #[arg(long, default_value_t = 2)]
@@ -156,10 +156,7 @@ pub fn dispatch(cli: Cli, interrupted: Arc<AtomicBool>) -> Result<(), Error> {
                 trace_file,
             };
             let summary = run(&options, interrupted)?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&summary).unwrap_or_default()
-            );
+            print_line(&serde_json::to_string_pretty(&summary).unwrap_or_default())?;
             Ok(())
         }
         Command::Encode {
@@ -177,10 +174,7 @@ pub fn dispatch(cli: Cli, interrupted: Arc<AtomicBool>) -> Result<(), Error> {
                 progress: !no_progress,
             };
             let summary = encode::encode(&options, &interrupted)?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&summary).unwrap_or_default()
-            );
+            print_line(&serde_json::to_string_pretty(&summary).unwrap_or_default())?;
             Ok(())
         }
         Command::Bench {
@@ -202,6 +196,11 @@ pub fn dispatch(cli: Cli, interrupted: Arc<AtomicBool>) -> Result<(), Error> {
                     "--granularity {granularity}: expected \"layer\", \"unit\" or a block size of at least 1"
                 )));
             };
+            if workers == 0 {
+                return Err(Error::Mismatch(
+                    "--workers 0: expected at least 1".to_owned(),
+                ));
+            }
             if !(tolerance.is_finite() && tolerance > 0.0) {
                 return Err(Error::Mismatch(format!(
                     "--tolerance {tolerance}: expected a finite number > 0"
@@ -221,10 +220,7 @@ pub fn dispatch(cli: Cli, interrupted: Arc<AtomicBool>) -> Result<(), Error> {
                 BenchError::Runtime(e) => Error::Failed(e.to_string()),
                 other => Error::Mismatch(other.to_string()),
             })?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).unwrap_or_default()
-            );
+            print_line(&serde_json::to_string_pretty(&report).unwrap_or_default())?;
             Ok(())
         }
         Command::CheckGradient {
@@ -239,7 +235,7 @@ pub fn dispatch(cli: Cli, interrupted: Arc<AtomicBool>) -> Result<(), Error> {
                 ..GradientCheck::default()
             };
             let report = gradcheck::run(&check)?;
-            println!("{report}");
+            print_line(&report.to_string())?;
             if report.passed() {
                 Ok(())
             } else {
@@ -250,6 +246,19 @@ pub fn dispatch(cli: Cli, interrupted: Arc<AtomicBool>) -> Result<(), Error> {
             }
         }
     }
+}
+
+/// Writes `text` and a newline to standard output; a closed or full
+/// output is an error with a message, not a panic.
+fn print_line(text: &str) -> Result<(), Error> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(|source| Error::Output {
+            path: PathBuf::from("standard output"),
+            source,
+        })
 }
 
 /// Quotes a string as a TOML basic string.

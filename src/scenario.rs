@@ -269,7 +269,10 @@ impl Default for RuntimeSection {
 
 /// `runtime.granularity` as written: a name or a block size.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "\"layer\", \"unit\" or a whole number of units per block"
+)]
 pub enum GranularityKey {
     Name(String),
     Units(usize),
@@ -377,7 +380,7 @@ impl Default for ReadoutSection {
 
 /// A number, or a list of numbers, in a scenario file.
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a number or a list of numbers")]
 enum NumberOrList {
     Number(f64),
     List(Vec<f64>),
@@ -392,7 +395,7 @@ fn number_or_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<V
 
 /// A count, or a list of counts, in a scenario file.
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a whole number >= 0 or a list of them")]
 enum CountOrList {
     Count(usize),
     List(Vec<usize>),
@@ -581,6 +584,18 @@ impl Scenario {
                     "convergence.schedules",
                     format!("\"{name}\""),
                     "each must be \"synchronous\", \"sequential\", \"tokio\" or \"seeded\"",
+                ));
+            }
+            if let Some((i, name)) = c
+                .schedules
+                .iter()
+                .enumerate()
+                .find(|(i, n)| c.schedules[..*i].contains(n))
+            {
+                return Err(bad(
+                    "convergence.schedules",
+                    format!("\"{name}\" (again at position {})", i + 1),
+                    "name each schedule once",
                 ));
             }
             if c.schedules.is_empty() {

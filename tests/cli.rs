@@ -933,3 +933,49 @@ fn unit_run_writes_audit_and_traffic() {
         trace["otherData"]["events_recorded"]
     );
 }
+
+#[test]
+fn granularity_of_wrong_type_names_forms() {
+    let sandbox = Sandbox::tiny();
+    let output = sandbox.run_tiny(&["--set", "runtime.granularity=2.5"]);
+    assert_bad_input(
+        &output,
+        &[
+            "`runtime.granularity`",
+            "\"layer\", \"unit\" or a whole number of units per block",
+        ],
+    );
+}
+
+#[test]
+fn unwritable_trace_file_fails_before_training() {
+    let sandbox = Sandbox::tiny();
+    let output = sandbox.run_tiny(&["--trace-file", "missing/dir/trace.json"]);
+    assert_bad_input(
+        &output,
+        &[
+            "--trace-file missing/dir/trace.json",
+            "directory does not exist",
+        ],
+    );
+    assert!(!sandbox.path("out/summary.json").exists());
+}
+
+#[test]
+fn full_standard_output_is_an_error_not_a_panic() {
+    let sandbox = Sandbox::new();
+    let full = fs::File::create("/dev/full");
+    let Ok(full) = full else {
+        eprintln!("NOTE: /dev/full is missing here; skipping");
+        return;
+    };
+    let output = sandbox
+        .command(&["check-gradient", "--layers", "4,3"])
+        .env("RUST_LOG", "off")
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_exit(&output, 1);
+    let line = error_line(&output);
+    assert_mentions(&line, &["standard output"]);
+}

@@ -182,7 +182,7 @@ fn traffic_totals_match_receipts() {
 
 #[test]
 fn trace_has_track_per_actor() {
-    let recorder = Arc::new(TraceRecorder::new(1_000_000));
+    let recorder = Arc::new(TraceRecorder::new(20_000_000));
     let mut runtime = config(Granularity::Unit);
     runtime.relax.tolerance = 1e-3;
     runtime.trace = Some(Arc::clone(&recorder));

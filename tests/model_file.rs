@@ -966,7 +966,7 @@ fn encode_rejects_zero_images() {
 fn interrupted_encode_writes_nothing() {
     let sandbox = EncodeSandbox::new("[784, 20, 10]", "");
     let error = encode(&sandbox.options(None), &AtomicBool::new(true)).unwrap_err();
-    assert!(matches!(error, Error::Interrupted), "{error:?}");
+    assert!(matches!(error, Error::InterruptedBeforeOutput), "{error:?}");
     assert_eq!(error.exit_code(), 130);
     assert_eq!(entries(&sandbox.path("out")), Vec::<String>::new());
 }

@@ -85,6 +85,14 @@ pub(super) fn run(
         .map(|_| TraceRecorder::with_clock(scenario.runtime.trace_limit, Clock::Virtual));
     let mut traced = false;
     let images = settings.images.min(test_set.len());
+    if images < settings.images {
+        tracing::warn!(
+            key = "convergence.images",
+            requested = settings.images,
+            available = test_set.len(),
+            "fewer test images than requested; using all"
+        );
+    }
     let x0 = unit_rows(&test_set.images.slice(s![..images, ..]).to_owned()).mapv(f64::from);
     let mut weights: Vec<(&'static str, Network<f64>)> = Vec::new();
     for name in &settings.weights {
@@ -252,6 +260,16 @@ pub(super) fn run(
                     .map_or_else(|| format!("layer{i}"), |n| (*n).to_owned())
             })
             .collect();
+        if !traced {
+            tracing::warn!("no seeded run was traced: convergence.schedules has no \"seeded\"");
+        }
+        if recorder.truncated() {
+            tracing::warn!(
+                kept = recorder.recorded(),
+                dropped = recorder.dropped(),
+                "trace reached runtime.trace_limit; later events were dropped"
+            );
+        }
         recorder
             .write(path, &names)
             .map_err(|e| Error::Mismatch(format!("trace file: {e}")))?;
@@ -310,7 +328,7 @@ fn tokio_run(
                 result.report.messages,
                 potential,
                 result.report.max_residual,
-                record.wall_seconds,
+                f64::NAN,
             )];
             record.outcome = match result.report.outcome {
                 Outcome::Converged => "converged",

@@ -135,6 +135,9 @@ pub fn run(options: &RunOptions, interrupted: Arc<AtomicBool>) -> Result<Summary
         path: out.clone(),
         source,
     })?;
+    if let Some(path) = &options.trace_file {
+        check_trace_path(path)?;
+    }
     write_resolved(&out, &scenario)?;
     info!(scenario = %options.scenario.display(), out = %out.display(), "run started");
 
@@ -153,14 +156,17 @@ pub fn run(options: &RunOptions, interrupted: Arc<AtomicBool>) -> Result<Summary
             .zip(splits.test.downsample(side));
         let Some((train, test)) = small else {
             return Err(Error::Mismatch(format!(
-                "data.downsample = {side} is larger than the {rows}x{cols} images; use 1 to {}",
+                "{}: data.downsample = {side} is larger than the {rows}x{cols} images; use 0 \
+                 (keep them) or 1 to {}",
+                options.scenario.display(),
                 rows.min(cols)
             )));
         };
         splits.train = train;
         splits.test = test;
     }
-    check_sizes(&scenario, &splits.train, &splits.test)?;
+    check_sizes(&scenario, &splits.train, &splits.test)
+        .map_err(|e| Error::Mismatch(format!("{}: {e}", options.scenario.display())))?;
     let mut summary = Summary {
         scenario: options.scenario.display().to_string(),
         ign_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -374,11 +380,34 @@ fn output_dir(options: &RunOptions) -> PathBuf {
     })
 }
 
+/// Checks before any work that a trace file can be created at `path`.
+fn check_trace_path(path: &Path) -> Result<(), Error> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let reason = if path.is_dir() {
+        Some("it is a directory")
+    } else if !parent.is_dir() {
+        Some("its directory does not exist")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::Mismatch(format!(
+            "--trace-file {}: cannot write there, {reason}",
+            path.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn check_sizes(scenario: &Scenario, train: &Dataset, test: &Dataset) -> Result<(), Error> {
     let pixels = train.rows * train.cols;
     if scenario.network.layers[0] != pixels {
         return Err(Error::Mismatch(format!(
-            "network.layers starts with {} but the images have {} pixels ({}x{}); set the first size to {}",
+            "network.layers starts with {} but the images have {} pixels ({}x{}); set the first \
+             size to {}, or data.downsample to shrink the images",
             scenario.network.layers[0], pixels, train.rows, train.cols, pixels
         )));
     }

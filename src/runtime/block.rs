@@ -37,6 +37,10 @@ use super::topology::{ActorId, MessageKind};
 use crate::model::{cast, normalize_columns, projected_residual, tiny};
 use crate::relaxation::{Outcome, RelaxConfig};
 
+/// Lambda stops as capped after this many times `relax.max_steps` steps in
+/// a row without layer 1 moving.
+const UNMOVED_STEPS: usize = 4;
+
 /// The newest message on one incoming wire.
 struct Slot<A> {
     from: ActorId,
@@ -166,6 +170,9 @@ pub(super) struct InputBlockActor<A> {
     pending: bool,
     updates: usize,
     last_residual: Option<Array2<A>>,
+    /// Partial predictions taken in this relaxation; sent with the norm so
+    /// that the lambda actor can tell when layer 1 has moved.
+    predictions_taken: u64,
 }
 
 impl<A> InputBlockActor<A>
@@ -183,6 +190,7 @@ where
             pending: false,
             updates: 0,
             last_residual: None,
+            predictions_taken: 0,
         }
     }
 
@@ -217,7 +225,11 @@ where
 
     fn take(&mut self, message: DataMessage<A>) {
         self.wiring.count_received(&message);
+        let kind = message.kind;
         if self.inbox.accept(message) {
+            if kind == MessageKind::PredictionDown {
+                self.predictions_taken += 1;
+            }
             self.pending = true;
             self.wiring.set_settled(false);
         }
@@ -229,6 +241,7 @@ where
                 self.batch = batch;
                 self.inbox.reset(batch);
                 self.wiring.reset_perturbation();
+                self.predictions_taken = 0;
                 if let Some(start) = start {
                     self.x0 = start.values;
                 }
@@ -286,9 +299,14 @@ where
         }
         let began = Instant::now();
         let p = sum_of(&self.inbox, MessageKind::PredictionDown, self.x0.dim());
-        let norm = p
-            .map_axis(Axis(1), |row| row.dot(&row))
-            .insert_axis(Axis(1));
+        // Column 0: this block's share of ‖p_1‖²; column 1: how many partial
+        // predictions it has taken, the same in every row.
+        let taken: A = cast(self.predictions_taken as f64);
+        let mut norm = Array2::zeros((self.x0.nrows(), 2));
+        for (b, row) in p.rows().into_iter().enumerate() {
+            norm[[b, 0]] = row.dot(&row);
+            norm[[b, 1]] = taken;
+        }
         let norm = Arc::new(norm);
         let batch = self.batch;
         for index in 0..self.wiring.outgoing.len() {
@@ -397,6 +415,11 @@ pub(super) struct LambdaActor<A> {
     pending: bool,
     /// The scale last sent; `None` before the first.
     last_scale: Option<Array2<A>>,
+    /// Per norm wire, the count of partial predictions its input block had
+    /// taken at lambda's last step.
+    progress: Vec<A>,
+    /// Steps in a row taken while layer 1 had not moved.
+    unmoved: usize,
     settled: bool,
     updates: usize,
     outcome: Outcome,
@@ -420,6 +443,8 @@ where
             batch: 0,
             pending: false,
             last_scale: None,
+            progress: Vec::new(),
+            unmoved: 0,
             settled: true,
             updates: 0,
             outcome: Outcome::Converged,
@@ -481,6 +506,8 @@ where
                 self.row_residual = Array1::zeros(self.lambda.len());
                 self.pending = false;
                 self.last_scale = None;
+                self.progress.clear();
+                self.unmoved = 0;
                 self.settled = false;
                 self.updates = 0;
                 self.outcome = Outcome::Converged;
@@ -522,17 +549,15 @@ where
             return;
         }
         let rows = self.lambda.len();
-        let squared = sum_of(&self.inbox, MessageKind::Norm, (rows, 1));
-        let norms = squared.column(0).mapv(|v| v.max(A::zero()).sqrt());
-        let scale = |lambda: &Array1<A>| -> Array2<A> {
-            let mut s = Array2::ones((rows, 1));
-            for b in 0..rows {
-                if norms[b] > tiny() {
-                    s[[b, 0]] = A::one() + lambda[b] / norms[b];
-                }
+        let mut squared = Array1::<A>::zeros(rows);
+        let mut progress = Vec::new();
+        for slot in self.inbox.of(MessageKind::Norm) {
+            if let Some(share) = slot.payload.as_ref().filter(|p| p.dim() == (rows, 2)) {
+                squared += &share.column(0);
+                progress.push(share.get((0, 1)).copied().unwrap_or_else(A::zero));
             }
-            s
-        };
+        }
+        let norms = squared.mapv(|v| v.max(A::zero()).sqrt());
         self.row_residual = Array1::from_shape_fn(rows, |b| {
             if self.blank.get(b).copied().unwrap_or(false) {
                 A::zero()
@@ -540,6 +565,20 @@ where
                 (norms[b] - A::one()).abs()
             }
         });
+        let constraint = self.row_residual.clone();
+        // Column 0: the scale 1 + lambda/‖p_1‖; column 1: |‖p_1‖ − 1|, which
+        // layer 1 counts in its residual as a layer actor does, so that it
+        // keeps stepping while the constraint is violated.
+        let scale = |lambda: &Array1<A>| -> Array2<A> {
+            let mut s = Array2::ones((rows, 2));
+            for b in 0..rows {
+                if norms[b] > tiny() {
+                    s[[b, 0]] = A::one() + lambda[b] / norms[b];
+                }
+                s[[b, 1]] = constraint[b];
+            }
+            s
+        };
         if self.last_scale.is_none() {
             self.send_scale(scale(&self.lambda));
             return;
@@ -554,6 +593,7 @@ where
         }
         let residual = self.row_residual.fold(A::zero(), |m, &v| m.max(v));
         let finite = self.row_residual.iter().all(|v| v.is_finite());
+        let current = scale(&self.lambda);
         if let Some(outcome) = judge(
             residual,
             finite,
@@ -565,7 +605,6 @@ where
             // The scale depends on ‖p_1‖ too: when layer 1 moved since the
             // last one was sent, send it again so that the residual the
             // input blocks form matches the output state exactly.
-            let current = scale(&self.lambda);
             if self.last_scale.as_ref() != Some(&current) {
                 self.inbox.record_reads(&mut self.wiring, MessageKind::Norm);
                 self.send_scale(current);
@@ -575,21 +614,47 @@ where
             self.wiring.set_settled(true);
             return;
         }
+        // Beside a layer actor, lambda steps once per step of layer 1. Here
+        // it takes a full step when layer 1 has moved since its last step,
+        // and otherwise a step halved for each such step in a row, so that a
+        // slow layer 1 cannot let lambda wind up (a large enough scale would
+        // drive x_1 to zero, where lambda has no effect) while a stuck one
+        // still lets lambda run to its cap and stop.
+        let moved = progress.len() != self.progress.len()
+            || progress
+                .iter()
+                .zip(&self.progress)
+                .any(|(now, then)| now > then);
+        let damping: A = if moved {
+            self.unmoved = 0;
+            self.progress = progress;
+            A::one()
+        } else {
+            self.unmoved += 1;
+            if self.unmoved > UNMOVED_STEPS * self.config.max_steps.max(1) {
+                self.outcome = Outcome::Capped;
+                self.settled = true;
+                self.wiring.set_settled(true);
+                return;
+            }
+            cast(0.5f64.powi(self.unmoved.min(60) as i32))
+        };
         let began = Instant::now();
         self.inbox.record_reads(&mut self.wiring, MessageKind::Norm);
         let tolerance: A = cast(self.config.tolerance);
         let step_scale: A = cast(self.config.step_scale);
         let identity = if self.has_above { A::one() } else { A::zero() };
-        let current = scale(&self.lambda);
         for b in 0..rows {
             if self.row_residual[b] < tolerance {
                 continue;
             }
             let curvature = current[[b, 0]].abs().max(A::one());
             let eta = step_scale / (curvature * self.lipschitz + identity).max(A::one());
-            self.lambda[b] += eta * (norms[b] - A::one());
+            self.lambda[b] += damping * eta * (norms[b] - A::one());
         }
-        self.updates += 1;
+        if moved {
+            self.updates += 1;
+        }
         self.wiring.count_update();
         self.wiring.changed();
         self.send_scale(scale(&self.lambda));
@@ -840,6 +905,17 @@ where
             let projected = projected_residual(self.x.view(), gradient.view());
             let mut rows =
                 projected.map_axis(Axis(1), |r| r.fold(A::zero(), |m, &v| m.max(v.abs())));
+            let scale = self
+                .inbox
+                .of(MessageKind::Scale)
+                .find_map(|s| s.payload.clone());
+            if let Some(scale) = &scale {
+                for (b, r) in rows.iter_mut().enumerate() {
+                    if let Some(&constraint) = scale.get((b, 1)) {
+                        *r = r.max(constraint);
+                    }
+                }
+            }
             for (b, &blank) in self.blank.iter().enumerate() {
                 if blank && b < rows.len() {
                     rows[b] = A::zero();
