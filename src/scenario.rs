@@ -100,6 +100,9 @@ pub struct ConvergenceSection {
     pub seeds: usize,
     /// Mean latency of the seeded schedule, in layer-step durations.
     pub latency_mean: f64,
+    /// Per layer, the duration of one step in the seeded schedule (layer 1
+    /// first); empty means 1 for every layer.
+    pub speeds: Vec<f64>,
     /// Largest random delay of a tokio message at spread 1, microseconds.
     pub tokio_delay_us: f64,
     /// Wall-clock limit of one run, seconds.
@@ -122,6 +125,7 @@ impl Default for ConvergenceSection {
             step_size: vec![0.5, 0.9],
             seeds: 2,
             latency_mean: 0.5,
+            speeds: Vec::new(),
             tokio_delay_us: 200.0,
             max_wall_seconds: 60.0,
             curve_every: 1,
@@ -569,6 +573,21 @@ impl Scenario {
                     "convergence.latency_mean",
                     c.latency_mean.to_string(),
                     "must be a finite number >= 0",
+                ));
+            }
+            let hidden = n.layers.len() - 1;
+            if !c.speeds.is_empty() && c.speeds.len() != hidden {
+                return Err(bad(
+                    "convergence.speeds",
+                    format!("{:?}", c.speeds),
+                    &format!("give none or {hidden} (one per layer above the input)"),
+                ));
+            }
+            if let Some(v) = c.speeds.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                return Err(bad(
+                    "convergence.speeds",
+                    v.to_string(),
+                    "each must be a finite number > 0",
                 ));
             }
             if !non_negative(c.tokio_delay_us) {

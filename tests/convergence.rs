@@ -156,6 +156,35 @@ fn schedules_agree_and_replay_from_the_seed() {
     );
     assert_no_nan(dir, "a");
 
+    // A layer 2 three times slower than layer 1 changes every seeded run,
+    // and the runs still converge.
+    ign(
+        dir,
+        &[
+            "run",
+            &file,
+            "--no-progress",
+            "--out",
+            "slow",
+            "--set",
+            "convergence.speeds=[1.0, 3.0]",
+            "--set",
+            "convergence.schedules=[\"seeded\"]",
+        ],
+    );
+    let slow = summary(dir, "slow");
+    let seeded = &slow["convergence"][0];
+    assert_eq!(seeded["converged"], seeded["runs"]);
+    let seeded_rows = |rows: Vec<String>| -> Vec<String> {
+        rows.into_iter()
+            .filter(|r| r.starts_with("seeded,"))
+            .collect()
+    };
+    assert_ne!(
+        seeded_rows(replayable_rows(dir, "slow")),
+        seeded_rows(a.clone())
+    );
+
     // The first seeded run is traced in virtual time, so the file replays
     // exactly: one track each for the input and the two layers.
     assert_eq!(trace_a, trace_b, "same seed, different trace");

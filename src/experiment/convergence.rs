@@ -196,7 +196,7 @@ pub(super) fn run(
                                 seed: seed.unwrap_or(scenario.seed),
                                 latency_mean: settings.latency_mean,
                                 latency_spread: spread.unwrap_or(0.0),
-                                speeds: Vec::new(),
+                                speeds: settings.speeds.clone(),
                                 max_wall_seconds: settings.max_wall_seconds,
                             };
                             let run = match &trace {
