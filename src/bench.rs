@@ -23,7 +23,7 @@ use crate::runtime::{
     ActorNetwork, BatchOptions, Connectivity, Granularity, MessageKind, RuntimeConfig, RuntimeError,
 };
 
-/// What to measure.
+/// The network and settings to measure.
 #[derive(Clone, Debug)]
 pub struct ThroughputOptions {
     /// Layer sizes, input first.

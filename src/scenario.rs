@@ -308,7 +308,7 @@ pub struct TrainSection {
     pub reseed_every: usize,
     /// The run fails when more than this fraction of relaxations hit the cap.
     pub max_capped_fraction: f64,
-    /// Who relaxes the training batches.
+    /// The schedule that relaxes the training batches.
     pub schedule: TrainSchedule,
 }
 

@@ -962,7 +962,7 @@ fn unwritable_trace_file_fails_before_training() {
 }
 
 #[test]
-fn full_standard_output_is_an_error_not_a_panic() {
+fn full_stdout_is_an_error() {
     let sandbox = Sandbox::new();
     let full = fs::File::create("/dev/full");
     let Ok(full) = full else {

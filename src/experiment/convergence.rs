@@ -348,8 +348,8 @@ fn tokio_run(
     }
 }
 
-/// The untrained weights the run started from, so "random" and "trained"
-/// differ only by learning.
+/// Returns the untrained weights the run started from, so "random" and
+/// "trained" differ only by learning.
 fn random_weights(scenario: &Scenario) -> Network<f64> {
     let sizes = &scenario.network.layers;
     let mut network = random_network(

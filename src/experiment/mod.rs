@@ -122,7 +122,8 @@ pub struct RunOptions {
     pub out: Option<PathBuf>,
     pub overrides: Vec<String>,
     pub progress: bool,
-    /// Where to write a Chrome trace of the training actors.
+    /// Path of the Chrome trace of the training actors (or of the first
+    /// seeded run, with a `[convergence]` section).
     pub trace_file: Option<PathBuf>,
 }
 
@@ -219,12 +220,12 @@ pub fn run(options: &RunOptions, interrupted: Arc<AtomicBool>) -> Result<Summary
         .map(|(i, c)| c.mask(sizes[i], sizes[i + 1]))
         .collect();
     restrict(&mut network, &masks);
-    let given = scenario
+    let saved_model = scenario
         .convergence
         .as_ref()
         .map(|c| c.model.clone())
         .filter(|m| !m.as_os_str().is_empty());
-    let trained = match &given {
+    let trained = match &saved_model {
         Some(path) => {
             let model = load_model(path)?;
             if model.network.sizes() != *sizes {
@@ -276,7 +277,7 @@ pub fn run(options: &RunOptions, interrupted: Arc<AtomicBool>) -> Result<Summary
             Some("no weights".into()),
         );
     };
-    if given.is_none() {
+    if saved_model.is_none() {
         // The model is saved and read back, so the weights every later
         // phase uses are exactly those in the file.
         let path = out.join(MODEL_FILE);

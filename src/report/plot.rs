@@ -24,7 +24,7 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-/// What a plot shows.
+/// The title, axes and size of a plot.
 #[derive(Clone, Debug)]
 pub struct PlotSpec<'a> {
     pub title: &'a str,
@@ -51,8 +51,8 @@ pub enum PlotError {
 /// A series with no drawable point is listed in the legend only by name.
 pub fn write_line_plot(path: &Path, spec: &PlotSpec, series: &[Series]) -> Result<(), PlotError> {
     REGISTER.call_once(|| {
-        // The bytes are a valid TrueType font shipped with the source, so
-        // this cannot fail at run time; a failure would only drop text.
+        // The bytes are the TrueType font in `assets/`; the plot test draws
+        // text with it, so a broken font file fails that test.
         let _ = register_font("sans-serif", FontStyle::Normal, FONT);
     });
     let temporary = temporary_path(path);

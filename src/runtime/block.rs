@@ -135,7 +135,7 @@ impl<A> Inbox<A> {
     }
 }
 
-/// What every block-granularity actor is built from besides its wiring.
+/// The parts of a block-granularity actor besides its wiring.
 pub(super) struct BlockParts {
     /// Per incoming wire: sender, kind and the sender's units.
     pub incoming: Vec<(ActorId, MessageKind, Range<usize>)>,
@@ -356,8 +356,8 @@ where
     }
 }
 
-/// The outcome of checking a residual against the tolerance, the step cap
-/// and the divergence limit.
+/// Checks a residual against the tolerance, the step cap and the divergence
+/// limit, and returns the outcome when the actor should stop stepping.
 ///
 /// The limit is the divergence factor times the first residual, but never
 /// less than the factor itself: an actor may start exactly settled (lambda
@@ -383,8 +383,8 @@ fn judge<A: NdFloat>(
     }
 }
 
-/// Returns whether every answer to the newest message sent on wires of
-/// `request` has come back as a message of kind `answer`.
+/// Returns whether every receiver of the newest message on wires of kind
+/// `request` has replied with a message of kind `answer` acknowledging it.
 fn answered<A>(
     wiring: &Wiring<A>,
     inbox: &Inbox<A>,
@@ -661,8 +661,8 @@ where
         self.wiring.traced(began);
     }
 
-    /// Sends `scale` to the input and layer-1 blocks; the actor is then
-    /// waiting for the input blocks' answers.
+    /// Sends `scale` to the input and layer-1 blocks. The actor then waits
+    /// for the input blocks' replies.
     fn send_scale(&mut self, scale: Array2<A>) {
         let batch = self.batch;
         let shared = Arc::new(scale);
@@ -693,7 +693,7 @@ pub(super) struct BlockActor<A> {
     batch: u64,
     started: bool,
     pending: bool,
-    /// A block above sent a partial prediction not yet answered.
+    /// A block above sent a partial prediction that has no reply yet.
     answer_above: bool,
     settled: bool,
     updates: usize,

@@ -24,7 +24,7 @@ pub struct DataMessage<A> {
     pub sequence: u64,
     /// The sequence number of the receiver's newest message on the reverse
     /// edge that the sender had taken into account when it formed this one;
-    /// 0 when the protocol does not answer (layer granularity).
+    /// 0 when the protocol has no replies (layer granularity).
     pub ack: u64,
     /// Message hops from the perturbed input unit to the sender's
     /// information, plus one; [`UNTOUCHED`] when the perturbation has not
@@ -38,7 +38,7 @@ pub struct DataMessage<A> {
 /// The hop count of a message whose sender the perturbation has not reached.
 pub const UNTOUCHED: u32 = u32::MAX;
 
-/// What a block-granularity actor starts a relaxation from: the driver sets
+/// The starting point of a block-granularity actor's relaxation: the driver sets
 /// the same initial state at every granularity, so that they can be compared
 /// (fixed points need not be unique).
 #[derive(Clone, Debug)]
@@ -143,7 +143,7 @@ pub struct FirstChange {
     pub at: Instant,
 }
 
-/// What every actor reports at the end of a relaxation, whatever its role.
+/// The report every actor sends at the end of a relaxation, whatever its role.
 #[derive(Clone, Debug, Default)]
 pub struct ActorReport {
     pub actor: ActorId,

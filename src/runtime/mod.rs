@@ -163,14 +163,15 @@ pub struct BatchResult<A> {
     pub lambda: Array1<A>,
 }
 
-/// Where a perturbation of one input unit reached, per actor.
+/// One actor's row of a perturbation experiment.
 #[derive(Clone, Debug)]
 pub struct PerturbationRow {
     pub actor: ActorId,
     pub name: String,
     /// Message hops to the actor's first change; `None` if it never changed.
     pub hops: Option<u32>,
-    /// Fewest edges from the perturbed unit's actor; `None` if unreachable.
+    /// Minimum number of edges from the perturbed unit's actor; `None` if
+    /// no path leads there.
     pub graph_distance: Option<usize>,
     /// Microseconds from the perturbation to the first change.
     pub first_change_us: Option<f64>,

@@ -56,7 +56,7 @@ impl fmt::Display for Granularity {
     }
 }
 
-/// Which units of layer i−1 a unit of layer i has synapses with.
+/// The rule for which units of layer i−1 a unit of layer i has synapses with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Connectivity {
     /// Every unit below.

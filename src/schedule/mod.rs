@@ -333,7 +333,7 @@ struct Context<'a> {
     seeded: &'a SeededConfig,
     curve_every: usize,
     began: Instant,
-    /// Where the seeded schedule records its events, in virtual time.
+    /// The recorder of the seeded schedule's events, in virtual time.
     trace: Option<&'a TraceRecorder>,
 }
 
